@@ -1,0 +1,136 @@
+"""The one reconciler: make this host's kernel match the cluster state.
+
+Handlers never program the kernel themselves.  They change the replicated
+state and then wait for a reconcile pass that started after their change
+(`await reconciler.sync()`), so Join returns only once its veth exists.
+A pass runs on every state change, at start-up and every `interval` seconds
+(to repair what someone deleted by hand); passes coalesce, and each one is
+idempotent: it creates what is missing, fixes what differs, removes shoutd
+objects the state no longer names, and touches nothing that already matches.
+
+Ordering keeps half-built objects out of the traffic path: a VXLAN device is
+enslaved and given its FDB before it is set up; a network's devices are
+removed only after its veths.  Nothing is removed until Raft has caught up
+(`state_source` returns None before that), so a restarting daemon never
+mistakes an empty, not-yet-replayed state for "delete everything".
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from ..errors import ShoutdError
+from .desired import BRIDGE_PREFIX, HOST_VETH_PREFIX, OWNED, PEER_VETH_PREFIX, VXLAN_OVERHEAD, VXLAN_PREFIX, desired
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Underlay:
+    local: str      # this host's VTEP address
+    port: int       # VXLAN UDP port
+    index: int      # ifindex of the underlay interface
+    mtu: int        # its MTU
+
+    @property
+    def overlay_mtu(self):
+        return self.mtu - VXLAN_OVERHEAD
+
+
+def apply(nl, networks, endpoints, underlay):
+    """Make the kernel match; runs on the netlink worker thread."""
+    mtu = underlay.overlay_mtu
+    bridges = {}
+    for net in networks:
+        alias = "shoutd " + net.label
+        bridges[net.bridge] = nl.ensure_bridge(net.bridge, mtu, alias)
+        nl.ensure_vxlan(net.vxlan, net.vni, underlay.local, underlay.port, underlay.index, mtu,
+                        bridges[net.bridge], alias)
+        nl.ensure_fdb(net.vxlan, set(net.fdb))
+        nl.ensure_up(net.vxlan)
+    for ep in endpoints:
+        nl.ensure_veth(ep.host, ep.peer, ep.mac, mtu, bridges[ep.bridge], "shoutd " + ep.label)
+    wanted = {ep.host for ep in endpoints} | {ep.peer for ep in endpoints}
+    wanted |= {net.bridge for net in networks} | {net.vxlan for net in networks}
+    stale = [n for n in nl.link_names(OWNED) if n not in wanted]
+    # veths before VXLANs before bridges: nothing is left pointing at a gone master.
+    order = {HOST_VETH_PREFIX: 0, PEER_VETH_PREFIX: 0, VXLAN_PREFIX: 1, BRIDGE_PREFIX: 2}
+    for name in sorted(stale, key=lambda n: order[n[:3]]):
+        log.info("removing %s: no longer in the cluster state", name)
+        nl.delete(name)
+
+
+class Reconciler:
+    def __init__(self, worker, node, underlay, state_source, interval=30.0):
+        self.worker = worker
+        self.node = node
+        self.underlay = underlay
+        self.state_source = state_source
+        self.interval = interval
+        self._wanted = 0
+        self._done = 0
+        self._kick = asyncio.Event()
+        self._waiters = []
+        self._task = None
+        self.last_error = None
+
+    def start(self):
+        self._task = asyncio.create_task(self._loop())
+        self.kick()
+
+    def kick(self):
+        """Ask for a pass; safe to call from the event loop only."""
+        self._wanted += 1
+        self._kick.set()
+        return self._wanted
+
+    async def sync(self, timeout=30.0):
+        """Kick and wait for a pass that started after now; raise its error."""
+        gen = self.kick()
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((gen, fut))
+        await asyncio.wait_for(fut, timeout)
+
+    async def stop(self):
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _loop(self):
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.interval)
+            except asyncio.TimeoutError:
+                self._wanted += 1
+            self._kick.clear()
+            gen = self._wanted
+            error = await self._pass()
+            self._done = gen
+            for waiter in [w for w in self._waiters if w[0] <= gen]:
+                self._waiters.remove(waiter)
+                if not waiter[1].done():
+                    if error is None:
+                        waiter[1].set_result(None)
+                    else:
+                        waiter[1].set_exception(error)
+
+    async def _pass(self):
+        state = self.state_source()
+        if state is None:
+            return ShoutdError("the cluster state is not replicated to this host yet", "unavailable")
+        networks, endpoints = desired(state, self.node)
+        try:
+            await self.worker.run(apply, networks, endpoints, self.underlay)
+        except ShoutdError as e:
+            log.error("reconcile failed: %s", e)
+            self.last_error = e
+            return e
+        except Exception as e:  # noqa: BLE001 - the loop must survive a bug
+            log.exception("bug: reconcile failed")
+            self.last_error = e
+            return ShoutdError("internal error while programming the kernel: %s" % e, "internal")
+        self.last_error = None
+        return None

@@ -1,0 +1,1 @@
+"""Adapters to Docker: the plugin API it calls, and the engine API we call."""

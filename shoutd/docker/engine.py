@@ -1,0 +1,56 @@
+"""A minimal client for the local Docker engine API (networks only).
+
+shoutd needs four calls of Docker's API to mirror cluster networks into the
+local engine; a full SDK would be a heavy dependency for that, and aiohttp
+already speaks HTTP over unix sockets.
+"""
+
+import json
+import logging
+
+import aiohttp
+
+from ..errors import CONFLICT, UNAVAILABLE, ShoutdError
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, socket_path, timeout=60.0):
+        self.socket_path = socket_path
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = None
+
+    async def _request(self, method, path, body=None, params=None):
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.socket_path),
+                                                  timeout=self._timeout)
+        try:
+            async with self._session.request(method, "http://docker" + path, json=body,
+                                             params=params) as resp:
+                text = await resp.text()
+                data = json.loads(text) if text.strip() else None
+                if resp.status >= 400:
+                    message = data.get("message", text) if isinstance(data, dict) else text
+                    raise ShoutdError("Docker refused %s %s: %s" % (method, path, message.strip()), CONFLICT)
+                return data
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            raise ShoutdError("cannot reach Docker at %s: %s; is dockerd running?"
+                              % (self.socket_path, e), UNAVAILABLE) from None
+
+    async def networks(self, driver):
+        filters = json.dumps({"driver": [driver]})
+        return await self._request("GET", "/networks", params={"filters": filters}) or []
+
+    async def create_network(self, name, driver, subnet, gateway, ipam_options, options):
+        body = {"Name": name, "Driver": driver, "CheckDuplicate": True, "Options": options,
+                "IPAM": {"Driver": driver, "Options": ipam_options,
+                         "Config": [{"Subnet": subnet, "Gateway": gateway}]}}
+        return await self._request("POST", "/networks/create", body)
+
+    async def remove_network(self, network_id):
+        await self._request("DELETE", "/networks/" + network_id)
+
+    async def close(self):
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,126 @@
+"""Keep the local Docker engine's shoutd networks in step with the cluster.
+
+Docker's plugin API never tells a driver a network's name, and a local-scope
+driver's networks exist only in the engine where they were created.  So, like
+the kernel reconciler but for Docker's own view, this loop compares the
+engine's shoutd networks with the cluster's:
+- a network created here but not yet named in the cluster gets its name
+  recorded (this is how `docker network create` on one host reaches the rest);
+- a named cluster network this engine lacks is created here through the
+  engine API, tagged so our IPAM hands back the cluster's pool (this also
+  restores a network removed here while containers elsewhere still use it);
+- a local shoutd network the cluster no longer has (removed on another host)
+  is removed here.
+It runs on every state change, after each CreateNetwork and periodically, and
+only once Raft has caught up, so an unreplayed state never deletes anything.
+"""
+
+import asyncio
+import logging
+
+from ..errors import ShoutdError
+from ..service import NETWORK_OPTION
+
+log = logging.getLogger(__name__)
+
+
+class Mirror:
+    def __init__(self, engine, driver, node, submit, state_source, interval=10.0):
+        self.engine = engine
+        self.driver = driver
+        self.node = node
+        self.submit = submit
+        self.state_source = state_source
+        self.interval = interval
+        self._kick = asyncio.Event()
+        self._task = None
+        self._reported = set()
+
+    def start(self):
+        self._task = asyncio.create_task(self._loop())
+
+    def kick(self, delay=0.0):
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self._kick.set)
+        else:
+            self._kick.set()
+
+    async def stop(self):
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _loop(self):
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self.sync_once()
+            except ShoutdError as e:
+                self._report("docker", "cannot mirror networks into Docker: %s" % e)
+            except Exception:  # noqa: BLE001 - the loop must survive a bug
+                log.exception("bug: network mirror failed")
+
+    def _report(self, key, message):
+        """Log a persistent problem once, not on every pass."""
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning("%s", message)
+
+    async def sync_once(self):
+        local = await self.engine.networks(self.driver)
+        self._reported.discard("docker")
+        state = self.state_source()       # read after listing: see the module note
+        if state is None:
+            return
+        local_names = {n["Name"] for n in local}
+        local_ids = {n["Id"] for n in local}
+        for dn in local:
+            net = state.network_by_docker_id(self.node, dn["Id"])
+            if net is None:
+                await self._remove_stale(dn)
+            elif net["name"] is None:
+                await self._name(net, dn)
+        for net in state.networks.values():
+            if net["name"] is None or net["bindings"].get(self.node) in local_ids:
+                continue
+            if net["name"] in local_names:
+                self._report("clash " + net["id"], "cannot mirror shoutd network %s: this host's "
+                             "Docker already has a different network with that name" % net["name"])
+                continue
+            await self._create(net)
+
+    async def _name(self, net, dn):
+        try:
+            await self.submit({"op": "network_name", "network": net["id"], "name": dn["Name"],
+                               "node": self.node})
+            log.info("network %s (%s, VNI %d) is now known cluster-wide", dn["Name"], net["subnet"],
+                     net["vni"])
+        except ShoutdError as e:
+            self._report("name " + net["id"], "network %s: %s" % (dn["Name"], e))
+
+    async def _create(self, net):
+        try:
+            await self.engine.create_network(net["name"], self.driver, net["subnet"], net["gateway"],
+                                             {NETWORK_OPTION: net["id"]}, net["options"])
+            self._reported.discard("create " + net["id"])
+            log.info("network %s (%s, VNI %d) created in the local Docker engine", net["name"],
+                     net["subnet"], net["vni"])
+        except ShoutdError as e:
+            self._report("create " + net["id"], "cannot create network %s in the local Docker engine: %s"
+                         % (net["name"], e))
+
+    async def _remove_stale(self, dn):
+        try:
+            await self.engine.remove_network(dn["Id"])
+            log.info("network %s removed from the local Docker engine: it was removed on another host",
+                     dn["Name"])
+        except ShoutdError as e:
+            self._report("remove " + dn["Id"], "network %s was removed on another host but cannot be "
+                         "removed here: %s" % (dn["Name"], e))

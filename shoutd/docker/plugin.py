@@ -1,0 +1,193 @@
+"""Docker's libnetwork remote API (NetworkDriver + IpamDriver) over a unix socket.
+
+A thin adapter: each route reads its fields, calls one Service method and
+shapes the reply.  All error handling lives in `_endpoint`: a bad body, a
+missing field or a ShoutdError becomes a non-200 reply whose JSON carries the
+message in `Err` (read by Docker's plugin client and the NetworkDriver API)
+and `Error` (read by the IpamDriver API), never a traceback.
+
+The driver's scope is "local" with connectivity scope "global": "global"
+scope makes Docker demand swarm, while local scope with our own cluster-wide
+IPAM is what works on current Docker without swarm.
+"""
+
+import json
+import logging
+
+from aiohttp import web
+
+from ..errors import INTERNAL, INVALID, UNAVAILABLE, ShoutdError
+from ..service import MULTICAST
+from ..state import ADDRESS_SPACE
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+ROUTE_CONNECTED = 1   # libnetwork's types.CONNECTED: a route with no next hop
+_STATUS = {INVALID: 400, UNAVAILABLE: 503, INTERNAL: 500}
+
+
+def _reply(body, status=200):
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+def _field(body, name, kind=str, required=True):
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise ShoutdError("request is missing %s" % name)
+        return kind()
+    if not isinstance(value, kind):
+        raise ShoutdError("%s must be a %s" % (name, "string" if kind is str else kind.__name__))
+    return value
+
+
+def _endpoint(fn):
+    async def handler(request):
+        method = request.path.lstrip("/")
+        try:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except (UnicodeDecodeError, ValueError) as e:
+                raise ShoutdError("request body is not valid JSON (%s)" % e) from None
+            if not isinstance(body, dict):
+                raise ShoutdError("request body must be a JSON object")
+            log.debug("%s %s", method, body)
+            return _reply(await fn(request.app["service"], body))
+        except ShoutdError as e:
+            log.warning("%s refused: %s", method, e)
+            return _reply({"Err": e.message, "Error": e.message}, _STATUS.get(e.kind, 409))
+        except Exception as e:  # noqa: BLE001 - the boundary: never a traceback to Docker
+            log.exception("bug: %s failed", method)
+            msg = "shoutd internal error in %s: %s (see the shoutd log)" % (method, e)
+            return _reply({"Err": msg, "Error": msg}, 500)
+    return handler
+
+
+async def activate(service, body):
+    return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+
+async def capabilities(service, body):
+    return {"Scope": "local", "ConnectivityScope": "global"}
+
+
+async def create_network(service, body):
+    await service.create_network(_field(body, "NetworkID"), _field(body, "IPv4Data", list, False),
+                                 _field(body, "Options", dict, False))
+    return {}
+
+
+async def delete_network(service, body):
+    await service.delete_network(_field(body, "NetworkID"))
+    return {}
+
+
+async def create_endpoint(service, body):
+    iface = await service.create_endpoint(_field(body, "NetworkID"), _field(body, "EndpointID"),
+                                          _field(body, "Interface", dict, False))
+    return {"Interface": iface} if iface else {}
+
+
+async def delete_endpoint(service, body):
+    await service.delete_endpoint(_field(body, "NetworkID"), _field(body, "EndpointID"))
+    return {}
+
+
+async def endpoint_info(service, body):
+    info = service.endpoint_info(_field(body, "NetworkID"), _field(body, "EndpointID"))
+    return {"Value": info}
+
+
+async def join(service, body):
+    peer = await service.join(_field(body, "NetworkID"), _field(body, "EndpointID"),
+                              _field(body, "SandboxKey", required=False))
+    # No Gateway: a shoutd network is a plain L2 segment.  Docker then adds
+    # docker_gwbridge for the default route, so multicast is pinned to us.
+    return {"InterfaceName": {"SrcName": peer, "DstPrefix": "eth"},
+            "StaticRoutes": [{"Destination": MULTICAST, "RouteType": ROUTE_CONNECTED}]}
+
+
+async def leave(service, body):
+    await service.leave(_field(body, "NetworkID"), _field(body, "EndpointID"))
+    return {}
+
+
+async def nothing(service, body):
+    return {}
+
+
+async def swarm_only(service, body):
+    raise ShoutdError("shoutd does not take part in swarm network allocation; use it without swarm")
+
+
+async def ipam_capabilities(service, body):
+    return {"RequiresMACAddress": False}
+
+
+async def address_spaces(service, body):
+    return {"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}
+
+
+async def request_pool(service, body):
+    pool_id, pool = await service.request_pool(_field(body, "Pool", required=False),
+                                               _field(body, "SubPool", required=False),
+                                               _field(body, "Options", dict, False),
+                                               _field(body, "V6", bool, False))
+    return {"PoolID": pool_id, "Pool": pool, "Data": {}}
+
+
+async def release_pool(service, body):
+    await service.release_pool(_field(body, "PoolID"))
+    return {}
+
+
+async def request_address(service, body):
+    address = await service.request_address(_field(body, "PoolID"), _field(body, "Address", required=False),
+                                            _field(body, "Options", dict, False))
+    return {"Address": address, "Data": {}}
+
+
+async def release_address(service, body):
+    await service.release_address(_field(body, "PoolID"), _field(body, "Address"))
+    return {}
+
+
+ROUTES = {
+    "Plugin.Activate": activate,
+    "NetworkDriver.GetCapabilities": capabilities,
+    "NetworkDriver.CreateNetwork": create_network,
+    "NetworkDriver.DeleteNetwork": delete_network,
+    "NetworkDriver.CreateEndpoint": create_endpoint,
+    "NetworkDriver.DeleteEndpoint": delete_endpoint,
+    "NetworkDriver.EndpointOperInfo": endpoint_info,
+    "NetworkDriver.Join": join,
+    "NetworkDriver.Leave": leave,
+    "NetworkDriver.DiscoverNew": nothing,
+    "NetworkDriver.DiscoverDelete": nothing,
+    "NetworkDriver.ProgramExternalConnectivity": nothing,
+    "NetworkDriver.RevokeExternalConnectivity": nothing,
+    "NetworkDriver.AllocateNetwork": swarm_only,
+    "NetworkDriver.FreeNetwork": swarm_only,
+    "IpamDriver.GetCapabilities": ipam_capabilities,
+    "IpamDriver.GetDefaultAddressSpaces": address_spaces,
+    "IpamDriver.RequestPool": request_pool,
+    "IpamDriver.ReleasePool": release_pool,
+    "IpamDriver.RequestAddress": request_address,
+    "IpamDriver.ReleaseAddress": release_address,
+}
+
+
+async def _unknown(request):
+    msg = "shoutd does not implement %s" % request.path.lstrip("/")
+    return _reply({"Err": msg, "Error": msg}, 404)
+
+
+def make_app(service):
+    app = web.Application(client_max_size=1 << 20)
+    app["service"] = service
+    for name, fn in ROUTES.items():
+        app.router.add_post("/" + name, _endpoint(fn))
+    app.router.add_route("*", "/{tail:.*}", _unknown)
+    return app

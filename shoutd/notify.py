@@ -1,0 +1,58 @@
+"""systemd notification: READY=1 once the node can serve, STATUS=, WATCHDOG=1.
+
+READY=1 waits for a leader, so `systemctl start shoutd` returns when Docker
+calls can succeed, not merely when the process runs.  The watchdog is pinged
+from the event loop itself, so a wedged loop stops the pings and systemd
+restarts us.  Without NOTIFY_SOCKET (run by hand) every call does nothing.
+"""
+
+import asyncio
+import logging
+import os
+
+import sdnotify
+
+log = logging.getLogger(__name__)
+
+
+def describe(status):
+    if status["leader"] is None:
+        return "waiting for a Raft leader (%d members configured)" % len(status["nodes"])
+    members = sum(1 for s in status["nodes"].values() if s != "disconnected")
+    return "leader %s, %d of %d members connected, term %s" % (
+        status["leader"], members, len(status["nodes"]), status["term"])
+
+
+class Notifier:
+    def __init__(self):
+        self._sd = sdnotify.SystemdNotifier()
+        self._last = None
+        self.ready = False
+
+    def _send(self, text):
+        self._sd.notify(text)
+
+    def status(self, status):
+        text = describe(status)
+        if text != self._last:
+            self._last = text
+            self._send("STATUS=" + text)
+
+    async def until_ready(self, raft, stopping):
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if os.environ.get("WATCHDOG_PID") not in (None, str(os.getpid())):
+            usec = 0
+        period = usec / 2e6 if usec else None
+        while not stopping.is_set():
+            status = raft.status()
+            self.status(status)
+            if not self.ready and status["ready"] and status["leader"] is not None:
+                self.ready = True
+                self._send("READY=1")
+                log.info("ready: %s", describe(status))
+            if period:
+                self._send("WATCHDOG=1")
+            await asyncio.sleep(min(period or 1.0, 1.0) if self.ready else 0.2)
+
+    def stopping(self):
+        self._send("STOPPING=1")

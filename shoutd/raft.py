@@ -1,0 +1,171 @@
+"""The Raft cluster: PySyncObj wrapped so the rest of shoutd never touches it.
+
+Why a wrapper: PySyncObj has sharp edges (see ../shared/LIBRARIES.md) that
+must be handled in exactly one place.
+- Its wire format is pickle.  We always set `password`, so every connection is
+  Fernet-encrypted and authenticated before anything is unpickled; we bind
+  the Raft port to this node's own address, never 0.0.0.0.
+- Replicated methods run on PySyncObj's tick thread and must never raise; the
+  single replicated method, `apply`, hands the op to the pure ClusterState.
+- Results arrive on the tick thread; they are passed to asyncio with
+  call_soon_threadsafe, so handlers can simply `await raft.submit(op)`.
+- The tick thread ends when the thread that built the SyncObj ends, so the
+  daemon builds it on the main thread, which then runs the event loop.
+"""
+
+import asyncio
+import copy
+import errno
+import logging
+import socket
+import threading
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from .errors import UNAVAILABLE, ShoutdError
+from .state import ClusterState, empty
+
+log = logging.getLogger(__name__)
+
+_FAILURES = {
+    FAIL_REASON.QUEUE_FULL: "the Raft command queue is full; try again shortly",
+    FAIL_REASON.MISSING_LEADER: "the cluster has no leader (a majority of members is unreachable)",
+    FAIL_REASON.DISCARDED: "the command was discarded by a leader change; try again",
+    FAIL_REASON.NOT_LEADER: "the leader changed before the command committed; try again",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed before the command committed; try again",
+    FAIL_REASON.REQUEST_DENIED: "the cluster refused the request",
+}
+
+
+class StateConsumer(SyncObjConsumer):
+    """Holds the ClusterState inside PySyncObj so it is logged and snapshotted."""
+
+    def __init__(self, on_change):
+        self._lock = threading.Lock()
+        self._on_change = on_change
+        self._state = ClusterState()
+        super().__init__()
+
+    @replicated
+    def apply(self, op):
+        with self._lock:
+            result = copy.deepcopy(self._state.apply(op))
+        if "error" not in result:
+            self._notify()
+        return result
+
+    def snapshot(self):
+        with self._lock:
+            return ClusterState(copy.deepcopy(self._state.data))
+
+    def _notify(self):
+        try:
+            self._on_change()
+        except Exception:  # noqa: BLE001 - we are on the tick thread
+            log.exception("bug: state change callback failed")
+
+    # Snapshots (log compaction, a new node catching up) carry only the data.
+    def _serialize(self):
+        with self._lock:
+            return copy.deepcopy(self._state.data)
+
+    def _deserialize(self, data):
+        with self._lock:
+            self._state = ClusterState(data if isinstance(data, dict) else empty())
+        self._notify()
+
+
+def check_port_free(host, port):
+    """Fail early and clearly: PySyncObj would retry a busy port forever."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+    except OSError as e:
+        reason = "it is in use" if e.errno == errno.EADDRINUSE else e.strerror
+        raise ShoutdError("cannot listen for Raft on %s:%d: %s; set raft_port in shoutd.conf "
+                          "or advertise an address of this host" % (host, port, reason)) from None
+    finally:
+        s.close()
+
+
+class RaftNode:
+    """One member of the Raft cluster.  Build on the main thread."""
+
+    def __init__(self, self_addr, peer_addrs, secret, journal=None, dump=None):
+        self.self_addr = self_addr
+        self._on_change = lambda: None
+        self.consumer = StateConsumer(self._changed)
+        host, port = self_addr.rsplit(":", 1)
+        check_port_free(host, int(port))
+        conf = SyncObjConf(
+            password=secret,
+            bindAddress=self_addr,
+            dynamicMembershipChange=True,
+            journalFile=journal,
+            fullDumpFile=dump,
+            useFork=False,             # forking a threaded process can deadlock
+            commandsWaitLeader=True,
+            onStateChanged=lambda old, new: self._changed(),
+            connectionRetryTime=1.0,
+            raftMinTimeout=0.4,
+            raftMaxTimeout=1.4,
+        )
+        self.sync = SyncObj(self_addr, [p for p in peer_addrs if p != self_addr], conf=conf,
+                            consumers=[self.consumer])
+
+    def on_change(self, callback):
+        """Call `callback` (on the tick thread) after every state or role change."""
+        self._on_change = callback
+
+    def _changed(self):
+        self._on_change()
+
+    def state(self):
+        return self.consumer.snapshot()
+
+    async def submit(self, op, timeout=10.0):
+        """Replicate `op`; return its value or raise ShoutdError."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(result, err):
+            def settle():
+                if not fut.done():
+                    fut.set_result((result, err))
+            loop.call_soon_threadsafe(settle)
+
+        self.consumer.apply(op, callback=done)
+        try:
+            result, err = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise ShoutdError("the cluster did not commit %s within %gs: %s"
+                              % (op.get("op"), timeout, self.quorum_hint()), UNAVAILABLE) from None
+        if err != FAIL_REASON.SUCCESS:
+            raise ShoutdError("cannot %s: %s" % (op.get("op"), _FAILURES.get(err, "Raft error %s" % err)),
+                              UNAVAILABLE)
+        if "error" in result:
+            raise ShoutdError(result["error"], result["kind"])
+        return result["value"]
+
+    def quorum_hint(self):
+        st = self.status()
+        if st["leader"] is None:
+            return "no leader is elected; check that a majority of %d members is up and " \
+                   "shares the cluster secret" % (len(st["nodes"]))
+        return "leader is %s" % st["leader"]
+
+    def status(self):
+        raw = self.sync.getStatus()
+        nodes = {self.self_addr: "self"}
+        for key, value in raw.items():
+            if key.startswith("partner_node_status_server_"):
+                nodes[key[len("partner_node_status_server_"):]] = "connected" if value == 2 else "disconnected"
+        leader = raw.get("leader")
+        return {"self": self.self_addr, "leader": leader.id if leader is not None else None,
+                "term": raw.get("raft_term", 0), "has_quorum": bool(raw.get("has_quorum")),
+                "ready": self.sync.isReady(), "nodes": nodes,
+                "commit_index": raw.get("commit_idx"), "last_applied": raw.get("last_applied")}
+
+    def destroy(self):
+        self.sync.destroy()

@@ -1,0 +1,183 @@
+"""What shoutd does, independent of who asks: the one layer adapters call.
+
+The Docker plugin, D-Bus and the CLI are thin translations onto these
+methods.  Each method checks its input, proposes one operation to the
+replicated state, and (where the kernel must change before the caller goes
+on) waits for the reconciler.  Nothing here touches netlink or Docker.
+"""
+
+import ipaddress
+import logging
+import uuid
+
+from .dataplane.desired import veth_names
+from .errors import CONFLICT, NOT_FOUND, ShoutdError
+from .state import ADDRESS_SPACE
+
+log = logging.getLogger(__name__)
+
+GATEWAY_REQUEST = "com.docker.network.gateway"
+# Set by shoutd itself when it creates a cluster network in a local engine.
+NETWORK_OPTION = "shoutd.network"
+MULTICAST = "224.0.0.0/4"
+RIGHT_COMMAND = ("docker network create -d shoutd --ipam-driver shoutd [--subnet SUBNET] NAME")
+
+
+def mac_for(ip):
+    """A stable, locally administered MAC derived from the (cluster-unique) IP."""
+    return "0a:5d:" + ":".join("%02x" % b for b in ipaddress.IPv4Address(ip).packed)
+
+
+def _ip(text, what):
+    try:
+        return ipaddress.IPv4Interface(text).ip if "/" in text else ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ShoutdError("%s %r is not an IPv4 address" % (what, text)) from None
+
+
+class Service:
+    def __init__(self, raft, reconciler, node, config, on_network_changed=None):
+        self.raft = raft
+        self.reconciler = reconciler
+        self.node = node
+        self.config = config
+        self.on_network_changed = on_network_changed or (lambda docker_id: None)
+
+    def state(self):
+        return self.raft.state()
+
+    async def _submit(self, **op):
+        op.setdefault("node", self.node)
+        return await self.raft.submit(op)
+
+    def _network(self, pool_id):
+        net = self.state().networks.get(pool_id)
+        if net is None:
+            raise ShoutdError("shoutd network (pool) %s does not exist" % pool_id, NOT_FOUND)
+        return net
+
+    def _network_of(self, docker_id):
+        net = self.state().network_by_docker_id(self.node, docker_id)
+        if net is None:
+            raise ShoutdError("Docker network %s is not a shoutd network on this host; "
+                              "it may have been removed on another host" % docker_id[:12], NOT_FOUND)
+        return net
+
+    # -- IPAM ------------------------------------------------------------
+
+    async def request_pool(self, pool, sub_pool, options, v6):
+        if v6:
+            raise ShoutdError("shoutd supports IPv4 only; create the network without --ipv6")
+        if sub_pool:
+            raise ShoutdError("--ip-range is not supported by shoutd; every container of a shoutd "
+                              "network gets its address from the whole --subnet")
+        options = options or {}
+        net = await self._submit(op="network_reserve", req=uuid.uuid4().hex, subnet=pool or None,
+                                 network=options.get(NETWORK_OPTION), pool=self.config.default_pool,
+                                 pool_prefix=self.config.default_pool_prefix)
+        log.info("pool %s reserved for shoutd network %s VNI %d", net["subnet"], net["id"], net["vni"])
+        return net["id"], net["subnet"]
+
+    async def release_pool(self, pool_id):
+        await self._submit(op="network_release", network=pool_id)
+
+    async def request_address(self, pool_id, address, options):
+        net = self._network(pool_id)
+        prefix = net["subnet"].split("/")[1]
+        if (options or {}).get("RequestAddressType") == GATEWAY_REQUEST:
+            if address:
+                gw = _ip(address, "gateway")
+                net = await self._submit(op="network_gateway", network=pool_id, gateway=str(gw))
+            return "%s/%s" % (net["gateway"], prefix)
+        wanted = str(_ip(address, "address")) if address else None
+        ip = await self._submit(op="ip_allocate", req=uuid.uuid4().hex, network=pool_id, ip=wanted)
+        log.info("address %s allocated in network %s", ip, net["name"] or net["subnet"])
+        return "%s/%s" % (ip, prefix)
+
+    async def release_address(self, pool_id, address):
+        ip = _ip(address, "address")
+        net = self.state().networks.get(pool_id)
+        if net is None or str(ip) == net["gateway"]:
+            return            # the gateway lives and dies with its network
+        await self._submit(op="ip_release", network=pool_id, ip=str(ip))
+        log.info("address %s released in network %s", ip, net["name"] or net["subnet"])
+
+    # -- network driver --------------------------------------------------
+
+    async def create_network(self, docker_id, ipv4_data, options):
+        if not ipv4_data:
+            raise ShoutdError("shoutd networks need an IPv4 subnet; create it with: " + RIGHT_COMMAND)
+        data = ipv4_data[0]
+        if not str(data.get("AddressSpace", "")).startswith(ADDRESS_SPACE):
+            raise ShoutdError("shoutd networks must use shoutd's IPAM, because Docker's default "
+                              "IPAM would hand out the same addresses on every host. Create the "
+                              "network with: " + RIGHT_COMMAND)
+        net = self.state().network_by_subnet(str(ipaddress.ip_network(data.get("Pool", ""), strict=False)))
+        if net is None:
+            raise ShoutdError("no shoutd pool %s: was it released meanwhile? Try again." % data.get("Pool"),
+                              NOT_FOUND)
+        generic = (options or {}).get("com.docker.network.generic") or {}
+        await self._submit(op="network_bind", network=net["id"], docker_id=docker_id,
+                           options={k: str(v) for k, v in generic.items() if k != NETWORK_OPTION})
+        log.info("Docker network %s bound to shoutd network %s (%s, VNI %d)",
+                 docker_id[:12], net["name"] or net["id"], net["subnet"], net["vni"])
+        await self.reconciler.sync()
+        self.on_network_changed(docker_id)
+
+    async def delete_network(self, docker_id):
+        net = self.state().network_by_docker_id(self.node, docker_id)
+        if net is None:
+            return            # already removed cluster-wide (we are following another host)
+        result = await self._submit(op="network_delete", network=net["id"])
+        if not result["deleted"]:
+            self.on_network_changed(docker_id)    # the mirror restores the local copy
+            raise ShoutdError(result["reason"], CONFLICT)
+        log.info("network %s (VNI %d) removed from the cluster", net["name"] or net["subnet"], net["vni"])
+
+    async def create_endpoint(self, docker_id, endpoint_id, interface):
+        net = self._network_of(docker_id)
+        interface = interface or {}
+        address = interface.get("Address")
+        if not address:
+            raise ShoutdError("endpoint %s has no IPv4 address; shoutd networks need --ipam-driver shoutd"
+                              % endpoint_id[:12])
+        if interface.get("AddressIPv6"):
+            raise ShoutdError("shoutd supports IPv4 only; endpoint %s asked for an IPv6 address"
+                              % endpoint_id[:12])
+        ip = _ip(address, "address")
+        mac = interface.get("MacAddress") or mac_for(ip)
+        await self._submit(op="endpoint_add", network=net["id"], endpoint=endpoint_id, ip=str(ip), mac=mac)
+        log.info("endpoint %s %s (%s) created in network %s", endpoint_id[:12], ip, mac,
+                 net["name"] or net["subnet"])
+        await self.reconciler.sync()
+        return {} if interface.get("MacAddress") else {"MacAddress": mac}
+
+    async def delete_endpoint(self, docker_id, endpoint_id):
+        ep = self.state().endpoints.get(endpoint_id)
+        if ep is None:
+            return
+        await self._submit(op="endpoint_remove", endpoint=endpoint_id)
+        log.info("endpoint %s %s removed", endpoint_id[:12], ep["ip"])
+        await self.reconciler.sync()
+
+    async def join(self, docker_id, endpoint_id, sandbox_key):
+        ep = self.state().endpoints.get(endpoint_id)
+        if ep is None or ep["node"] != self.node:
+            raise ShoutdError("endpoint %s is not known on this host" % endpoint_id[:12], NOT_FOUND)
+        await self.reconciler.sync()
+        _, peer = veth_names(endpoint_id)
+        log.info("endpoint %s %s joins sandbox %s", endpoint_id[:12], ep["ip"], sandbox_key)
+        return peer
+
+    async def leave(self, docker_id, endpoint_id):
+        ep = self.state().endpoints.get(endpoint_id)
+        if ep is None:
+            raise ShoutdError("endpoint %s is not known on this host" % endpoint_id[:12], NOT_FOUND)
+        log.info("endpoint %s %s leaves its sandbox", endpoint_id[:12], ep["ip"])
+
+    def endpoint_info(self, docker_id, endpoint_id):
+        ep = self.state().endpoints.get(endpoint_id)
+        if ep is None:
+            raise ShoutdError("endpoint %s is not known on this host" % endpoint_id[:12], NOT_FOUND)
+        return {"ip": ep["ip"], "mac": ep["mac"], "host": self.state().member_label(ep["node"])}
+

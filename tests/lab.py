@@ -1,0 +1,288 @@
+"""Several Docker hosts on one machine, each running its own dockerd and shoutd.
+
+A host is a network namespace with one veth leg on a shared underlay bridge,
+plus a private mount namespace in which its own dockerd runs (recipe:
+shared/LAB.md).  shoutd for host N runs in host N's network namespace but the
+root mount namespace, serving $H/plugins/shoutd.sock, which that host's
+dockerd sees as /run/docker/plugins/shoutd.sock.
+
+Used by the end-to-end tests, the benchmark and the demo:
+    python3 tests/lab.py demo      # three hosts, the iperf multicast demo
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = "shoutd-lab"
+UNDERLAY = "shul0"
+TOOLS = ["iperf", "arping", "tcpdump"]
+
+
+def sh(cmd, check=True, timeout=120, **kw):
+    res = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True,
+                         timeout=timeout, **kw)
+    if check and res.returncode != 0:
+        raise RuntimeError("%s failed (%d): %s%s" % (cmd, res.returncode, res.stdout, res.stderr))
+    return res
+
+
+def docker_binary():
+    return "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
+
+
+def build_image(path):
+    """A registry-free image: busybox plus iperf/arping/tcpdump with their libraries."""
+    if os.path.exists(path):
+        return path
+    tree = tempfile.mkdtemp(prefix="shoutd-image-")
+    os.makedirs(os.path.join(tree, "bin"))
+    shutil.copy("/bin/busybox", os.path.join(tree, "bin/busybox"))
+    applets = sh(["/bin/busybox", "--list"]).stdout.split()
+    for applet in applets:
+        dst = os.path.join(tree, "bin", applet)
+        if not os.path.exists(dst):
+            os.symlink("busybox", dst)
+    for tool in TOOLS:
+        binary = shutil.which(tool) or "/usr/sbin/" + tool
+        files = [binary]
+        for line in sh(["ldd", binary]).stdout.splitlines():
+            for part in line.split():
+                if part.startswith("/"):
+                    files.append(part)
+        for f in files:
+            dst = os.path.join(tree, f.lstrip("/"))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy(f, dst)
+        link = os.path.join(tree, "bin", tool)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(binary, link)
+    for d in ("tmp", "etc", "proc", "sys", "dev", "run"):
+        os.makedirs(os.path.join(tree, d), exist_ok=True)
+    sh("tar -C %s -cf %s ." % (tree, path))
+    shutil.rmtree(tree)
+    return path
+
+
+class Host:
+    def __init__(self, lab, n):
+        self.lab = lab
+        self.n = n
+        self.name = "%sh%d" % (lab.prefix, n)
+        self.ip = "198.18.0.%d" % n
+        self.dir = os.path.join(lab.base, "h%d" % n)
+        self.sock = os.path.join(self.dir, "docker.sock")
+        self.dockerd = None
+        self.shoutd = None
+        self.starts = 0
+        self.log = os.path.join(self.dir, "shoutd.log")
+
+    def netns(self, *cmd, check=True, timeout=120):
+        return sh(["nsenter", "--net=/run/netns/" + self.name] + list(cmd), check=check, timeout=timeout)
+
+    def docker(self, *args, check=True, timeout=120):
+        return sh([docker_binary(), "-H", "unix://" + self.sock] + list(args), check=check, timeout=timeout)
+
+    def up(self):
+        h = self.name
+        sh("ip netns add %s" % h)
+        sh("ip link add %s-ul type veth peer name eth0 netns %s" % (h, h))
+        sh("ip link set %s-ul master %s up" % (h, UNDERLAY))
+        sh("ip -n %s addr add %s/24 dev eth0" % (h, self.ip))
+        sh("ip -n %s link set eth0 up" % h)
+        sh("ip -n %s link set lo up" % h)
+        for d in ("cg", "plugins", "data", "exec", "state"):
+            os.makedirs(os.path.join(self.dir, d), exist_ok=True)
+
+    def start_dockerd(self):
+        script = (
+            "mount --rbind /sys/fs/cgroup {H}/cg && mount -t sysfs sysfs /sys && "
+            "mount --rbind {H}/cg /sys/fs/cgroup && mount --bind {H}/plugins /run/docker/plugins && "
+            "exec dockerd --data-root {H}/data --exec-root {H}/exec -H unix://{H}/docker.sock "
+            "--pidfile {H}/docker.pid --bip 172.30.{n}.1/24 --iptables=false --ip6tables=false "
+            "--userland-proxy=false"
+        ).format(H=self.dir, n=self.n)
+        os.makedirs("/run/docker/plugins", exist_ok=True)
+        out = open(os.path.join(self.dir, "dockerd.log"), "ab")
+        self.dockerd = subprocess.Popen(
+            ["nsenter", "--net=/run/netns/" + self.name, "unshare", "-m", "--propagation", "private",
+             "sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.docker("version", check=False).returncode == 0:
+                return
+            if self.dockerd.poll() is not None:
+                break
+            time.sleep(0.3)
+        raise RuntimeError("dockerd on %s did not start; see %s/dockerd.log" % (self.name, self.dir))
+
+    def stop_dockerd(self):
+        if self.dockerd is not None and self.dockerd.poll() is None:
+            self.dockerd.terminate()
+            try:
+                self.dockerd.wait(30)
+            except subprocess.TimeoutExpired:
+                self.dockerd.kill()
+                self.dockerd.wait()
+        self.dockerd = None
+
+    def write_config(self, peers):
+        conf = os.path.join(self.dir, "shoutd.conf")
+        with open(conf, "w") as f:
+            f.write("[shoutd]\nadvertise_address = %s\npeers = %s\nplugin_socket = %s\n"
+                    "docker_socket = %s\nstate_dir = %s\nsecret_file = %s\n"
+                    % (self.ip, ", ".join(peers), os.path.join(self.dir, "plugins/shoutd.sock"),
+                       self.sock, os.path.join(self.dir, "state"), self.lab.secret))
+        return conf
+
+    def start_shoutd(self):
+        peers = [h.ip for h in self.lab.hosts if h is not self]
+        conf = self.write_config(peers)
+        self.starts += 1
+        out = open(self.log, "ab")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        self.shoutd = subprocess.Popen(
+            ["nsenter", "--net=/run/netns/" + self.name, self.lab.python, "-m", "shoutd",
+             "--config", conf], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def log_tail(self, chars=4000):
+        with open(self.log) as f:
+            return f.read()[-chars:]
+
+    def registered(self):
+        """shoutd logs this once per start, when its member record has committed."""
+        with open(self.log) as f:
+            return f.read().count(" registered;") >= self.starts
+
+    def kill_shoutd(self, sig=signal.SIGKILL):
+        if self.shoutd is not None and self.shoutd.poll() is None:
+            self.shoutd.send_signal(sig)
+            self.shoutd.wait(30)
+        self.shoutd = None
+
+    def run(self, name, network, *cmd, ip=None, extra=()):
+        args = ["run", "-d", "--name", name, "--network", network, "--cap-add", "NET_ADMIN",
+                "--cap-add", "NET_RAW"] + list(extra)
+        if ip:
+            args += ["--ip", ip]
+        return self.docker(*(args + [IMAGE] + list(cmd or ["sleep", "3600"]))).stdout.strip()
+
+    def exec(self, container, *cmd, check=True, timeout=120):
+        return self.docker("exec", container, *cmd, check=check, timeout=timeout)
+
+    def container_ip(self, container, network):
+        out = self.docker("inspect", container).stdout
+        return json.loads(out)[0]["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
+class Lab:
+    def __init__(self, hosts=3, base=None, prefix="sl", python=None):
+        self.base = base or tempfile.mkdtemp(prefix="shoutd-lab-")
+        self.prefix = prefix
+        self.python = python or "/usr/bin/python3"
+        self.secret = os.path.join(self.base, "secret")
+        self.hosts = [Host(self, n) for n in range(1, hosts + 1)]
+
+    def up(self, image_cache="/var/tmp/shoutd-lab-image.tar"):
+        self.down_network()
+        os.makedirs(self.base, exist_ok=True)
+        sh("ip link add %s type bridge" % UNDERLAY)
+        sh("ip link set %s up" % UNDERLAY)
+        # A dockerd elsewhere may have set FORWARD to DROP with br_netfilter on (shared/LAB.md).
+        sh("iptables -I FORWARD -i %s -o %s -j ACCEPT" % (UNDERLAY, UNDERLAY), check=False)
+        with open(self.secret, "w") as f:
+            f.write(os.urandom(24).hex())
+        os.chmod(self.secret, 0o600)
+        for h in self.hosts:
+            h.up()
+        tar = build_image(image_cache)
+        for h in self.hosts:
+            h.start_dockerd()
+        for h in self.hosts:
+            h.docker("import", tar, IMAGE, timeout=300)
+        return self
+
+    def start_shoutd(self):
+        for h in self.hosts:
+            h.start_shoutd()
+        self.wait_ready()
+
+    def wait_ready(self, timeout=60):
+        """Until every host's shoutd has registered itself with the cluster leader."""
+        deadline = time.time() + timeout
+        for h in self.hosts:
+            while not h.registered():
+                if h.shoutd is not None and h.shoutd.poll() is not None:
+                    raise RuntimeError("shoutd on %s exited; log:\n%s" % (h.name, h.log_tail()))
+                if time.time() > deadline:
+                    raise RuntimeError("shoutd on %s not ready; log:\n%s" % (h.name, h.log_tail()))
+                time.sleep(0.3)
+
+    def down_network(self):
+        for n in range(1, 10):
+            sh("ip netns del %sh%d" % (self.prefix, n), check=False)
+        sh("ip link del %s" % UNDERLAY, check=False)
+
+    def down(self):
+        for h in self.hosts:
+            h.kill_shoutd(signal.SIGTERM)
+        for h in self.hosts:
+            try:
+                for cid in h.docker("ps", "-aq", check=False).stdout.split():
+                    h.docker("rm", "-f", cid, check=False)
+            except Exception:  # noqa: BLE001 - best effort teardown
+                pass
+            h.stop_dockerd()
+        for h in self.hosts:
+            sh("umount -R %s/cg" % h.dir, check=False)
+        self.down_network()
+        sh("iptables -D FORWARD -i %s -o %s -j ACCEPT" % (UNDERLAY, UNDERLAY), check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def demo():
+    lab = Lab(3)
+    try:
+        print("starting three hosts (network namespaces, each with dockerd and shoutd) ...")
+        lab.up()
+        lab.start_shoutd()
+        h1, h2, h3 = lab.hosts
+        h1.docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", "demo")
+        print("network 'demo' created on host 1; waiting for it on hosts 2 and 3 ...")
+        for h in (h2, h3):
+            wait_for(lambda h=h: "demo" in h.docker("network", "ls").stdout)
+        for h, name in ((h2, "rx2"), (h3, "rx3")):
+            h.run(name, "demo", "iperf", "-u", "-s", "-B", "224.1.1.1", "-p", "5000", "-i", "1")
+        time.sleep(1)
+        h1.run("tx", "demo", "sleep", "3600")
+        print(h1.exec("tx", "iperf", "-u", "-c", "224.1.1.1", "-p", "5000", "-T", "2", "-t", "8",
+                      "-i", "1").stdout)
+        time.sleep(2)
+        for h, name in ((h2, "rx2"), (h3, "rx3")):
+            print("--- receiver %s on host %d ---" % (name, h.n))
+            print(h.docker("logs", name).stdout)
+    finally:
+        lab.down()
+
+
+def wait_for(pred, timeout=30, interval=0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for %s" % getattr(pred, "__name__", pred))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["demo"]:
+        demo()
+    else:
+        sys.exit("usage: python3 tests/lab.py demo")
