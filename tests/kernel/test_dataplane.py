@@ -1,0 +1,211 @@
+"""The data plane against the real kernel, in throwaway network namespaces.
+
+Every operation runs twice and the kernel is read back with iproute2 (not
+with the code under test): the second run must leave the kernel exactly as
+the first left it, down to the interface indexes.
+"""
+
+import json
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from shoutd.dataplane.desired import desired
+from shoutd.dataplane.reconciler import Underlay, apply
+from shoutd.dataplane.worker import Worker
+from shoutd.state import ClusterState
+
+pytestmark = pytest.mark.kernel
+if os.geteuid() != 0:
+    pytest.skip("kernel tests need root", allow_module_level=True)
+
+ZERO = "00:00:00:00:00:00"
+
+
+def sh(cmd, check=True):
+    res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    if check and res.returncode:
+        raise AssertionError("%s: %s%s" % (cmd, res.stdout, res.stderr))
+    return res.stdout
+
+
+class Host:
+    """A network namespace with an underlay address and a netlink worker inside it."""
+
+    def __init__(self, name, ip):
+        self.name, self.ip = name, ip
+        self.worker = Worker(netns="/run/netns/" + name)
+
+    def ip_json(self, args):
+        out = sh("ip -n %s -d -j %s" % (self.name, args))
+        return json.loads(out) if out.strip() else []
+
+    def link(self, name):
+        links = [l for l in self.ip_json("link show") if l["ifname"] == name]
+        return links[0] if links else None
+
+    def fdb(self, dev):
+        out = json.loads(sh("ip netns exec %s bridge -j fdb show dev %s" % (self.name, dev)) or "[]")
+        return {(e["mac"], e["dst"]) for e in out if "dst" in e}
+
+    def snapshot(self):
+        links = self.ip_json("link show")
+        fdbs = {l["ifname"]: sorted(self.fdb(l["ifname"])) for l in links if l["ifname"].startswith("shx")}
+        for l in links:
+            # Carrier and timers move by themselves; what we configure must not.
+            for key in ("stats", "stats64", "operstate"):
+                l.pop(key, None)
+            l["flags"] = [f for f in l["flags"] if f not in ("NO-CARRIER", "LOWER_UP", "M-DOWN")]
+            for part in ("info_data", "info_slave_data"):
+                info = l.get("linkinfo", {}).get(part, {})
+                for timer in [k for k in info if k.endswith("_timer")]:
+                    info.pop(timer)
+        return links, fdbs
+
+    def underlay(self):
+        index, _, mtu = self.worker.call(lambda nl: nl.underlay(self.ip))
+        return Underlay(self.ip, 4789, index, mtu)
+
+    def reconcile(self, state, node):
+        nets, eps = desired(state, node)
+        underlay = self.underlay()
+        self.worker.call(lambda nl: apply(nl, nets, eps, underlay))
+
+
+@pytest.fixture
+def hosts():
+    """Two hosts on one underlay: a veth pair between two namespaces."""
+    tag = uuid.uuid4().hex[:6]
+    names = ["kt%s-a" % tag, "kt%s-b" % tag]
+    for n in names:
+        sh("ip netns add " + n)
+    sh("ip link add ul-%s netns %s type veth peer name ul-%s netns %s" % (tag, names[0], tag, names[1]))
+    made = []
+    try:
+        for n, ip in zip(names, ("198.19.0.1", "198.19.0.2")):
+            sh("ip -n %s addr add %s/24 dev ul-%s" % (n, ip, tag))
+            sh("ip -n %s link set ul-%s up" % (n, tag))
+            sh("ip -n %s link set lo up" % n)
+            made.append(Host(n, ip))
+        yield made
+    finally:
+        for h in made:
+            h.worker.close()
+        for n in names + ["%s-c%d" % (names[0], i) for i in range(2)]:
+            sh("ip netns del " + n, check=False)
+
+
+def cluster_state(endpoints=()):
+    cs = ClusterState()
+    cs.apply({"op": "member_up", "node": "a", "advertise": "198.19.0.1", "raft": "a"})
+    cs.apply({"op": "member_up", "node": "b", "advertise": "198.19.0.2", "raft": "b"})
+    cs.apply({"op": "network_reserve", "req": "n1", "node": "a", "subnet": "10.50.0.0/24",
+              "pool": "10.213.0.0/16", "pool_prefix": 24})
+    cs.apply({"op": "network_name", "network": "n1", "name": "web"})
+    for ep_id, node, ip in endpoints:
+        cs.apply({"op": "ip_allocate", "req": ep_id, "node": node, "network": "n1", "ip": ip})
+        mac = "0a:5d:" + ":".join("%02x" % int(x) for x in ip.split("."))
+        r = cs.apply({"op": "endpoint_add", "network": "n1", "node": node, "endpoint": ep_id, "ip": ip, "mac": mac})
+        assert "error" not in r, r
+    return cs
+
+
+def test_every_ensure_twice_and_checked_against_the_kernel(hosts):
+    a = hosts[0]
+    ul = a.underlay()
+
+    def build(nl):
+        br = nl.ensure_bridge("shb7", ul.overlay_mtu, "shoutd test")
+        nl.ensure_vxlan("shx7", 7, a.ip, 4789, ul.index, ul.overlay_mtu, br, "shoutd test")
+        nl.ensure_fdb("shx7", {(ZERO, "198.19.0.2"), (ZERO, "198.19.0.3")})
+        nl.ensure_up("shx7")
+        nl.ensure_veth("shv" + "a" * 12, "shc" + "a" * 12, "0a:5d:01:02:03:04", ul.overlay_mtu, br, "shoutd ep")
+    a.worker.call(build)
+    first = a.snapshot()
+    a.worker.call(build)
+    assert a.snapshot() == first, "a second run must change nothing"
+
+    br, vx = a.link("shb7"), a.link("shx7")
+    assert br["linkinfo"]["info_kind"] == "bridge" and br["linkinfo"]["info_data"]["mcast_snooping"] == 0
+    assert br["mtu"] == 1450 and "UP" in br["flags"]
+    data = vx["linkinfo"]["info_data"]
+    assert (data["id"], data["local"], data["port"], data.get("learning")) == (7, a.ip, 4789, False)
+    assert vx["master"] == "shb7" and vx["mtu"] == 1450 and "UP" in vx["flags"]
+    assert a.fdb("shx7") == {(ZERO, "198.19.0.2"), (ZERO, "198.19.0.3")}
+    host, peer = a.link("shv" + "a" * 12), a.link("shc" + "a" * 12)
+    assert host["master"] == "shb7" and host["mtu"] == 1450
+    assert peer["address"] == "0a:5d:01:02:03:04" and peer["mtu"] == 1450
+
+
+def test_fdb_follows_membership_and_wrong_devices_are_replaced(hosts):
+    a = hosts[0]
+    ul = a.underlay()
+
+    def build(vni, peers):
+        def go(nl):
+            br = nl.ensure_bridge("shb7", ul.overlay_mtu, "t")
+            nl.ensure_vxlan("shx7", vni, a.ip, 4789, ul.index, ul.overlay_mtu, br, "t")
+            nl.ensure_fdb("shx7", {(ZERO, p) for p in peers})
+        a.worker.call(go)
+    build(7, ["198.19.0.2", "198.19.0.3"])
+    build(7, ["198.19.0.3", "198.19.0.4"])
+    assert a.fdb("shx7") == {(ZERO, "198.19.0.3"), (ZERO, "198.19.0.4")}
+    build(8, ["198.19.0.3"])
+    assert a.link("shx7")["linkinfo"]["info_data"]["id"] == 8
+    assert a.link("shx7")["master"] == "shb7"
+    assert a.fdb("shx7") == {(ZERO, "198.19.0.3")}
+
+
+def test_reconcile_is_idempotent_collects_garbage_and_spares_foreign_links(hosts):
+    a = hosts[0]
+    ep = "f" * 64
+    state = cluster_state([(ep, "a", "10.50.0.10"), ("e" * 64, "b", "10.50.0.11")])
+    sh("ip -n %s link add shbfoo type bridge" % a.name)          # not a name of ours
+    a.reconcile(state, "a")
+    first = a.snapshot()
+    a.reconcile(state, "a")
+    assert a.snapshot() == first
+    vni = state.networks["n1"]["vni"]
+    assert a.fdb("shx%d" % vni) == {(ZERO, "198.19.0.2"), ("0a:5d:0a:32:00:0b", "198.19.0.2")}
+    assert a.link("shv" + ep[:12])["master"] == "shb%d" % vni
+    assert a.link("shv" + "e" * 12) is None, "only this host's endpoints get veths"
+
+    sh("ip -n %s link del shx%d" % (a.name, vni))                # someone deletes our device
+    a.reconcile(state, "a")
+    assert a.link("shx%d" % vni)["master"] == "shb%d" % vni
+
+    state.apply({"op": "endpoint_remove", "endpoint": ep})
+    state.apply({"op": "endpoint_remove", "endpoint": "e" * 64})
+    state.apply({"op": "network_delete", "network": "n1", "node": "a"})
+    a.reconcile(state, "a")
+    names = {l["ifname"] for l in a.ip_json("link show")}
+    assert not {n for n in names if n.startswith(("shv", "shc", "shx", "shb"))} - {"shbfoo"}
+    assert "shbfoo" in names
+
+
+def test_containers_on_two_hosts_talk_l2_through_the_reconciled_kernel(hosts):
+    a, b = hosts
+    eps = [("1" * 64, "a", "10.50.0.10"), ("2" * 64, "b", "10.50.0.11")]
+    state = cluster_state(eps)
+    a.reconcile(state, "a")
+    b.reconcile(state, "b")
+    containers = []
+    for i, ((ep, node, ip), host) in enumerate(zip(eps, hosts)):
+        c = "%s-c%d" % (hosts[0].name, i)
+        sh("ip netns add " + c)
+        sh("ip -n %s link set shc%s netns %s" % (host.name, ep[:12], c))
+        sh("ip -n %s link set shc%s name eth0" % (c, ep[:12]))
+        sh("ip -n %s addr add %s/24 dev eth0" % (c, ip))
+        sh("ip -n %s link set eth0 up" % c)
+        containers.append(c)
+    # Unicast, then a broadcast ARP answered from the other host.
+    sh("ip netns exec %s busybox ping -c 3 -W 2 10.50.0.11" % containers[0])
+    out = sh("ip netns exec %s arping -c 2 -w 5 -I eth0 10.50.0.10" % containers[1])
+    assert "0a:5d:0a:32:00:0a".upper() in out.upper()
+    # A second reconcile with live containers changes nothing and keeps them talking.
+    before = a.snapshot()
+    a.reconcile(state, "a")
+    assert a.snapshot() == before
+    sh("ip netns exec %s busybox ping -c 1 -W 2 10.50.0.11" % containers[0])

@@ -1,0 +1,175 @@
+"""The Docker plugin API: every call, as Docker sends it, against the real Service and state machine."""
+
+import asyncio
+import json
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from shoutd.docker.plugin import ROUTES, make_app
+from shoutd.service import Service
+
+from .fakes import Config, FakeRaft, FakeReconciler
+
+NODE = "198.18.0.1:7380"
+EP = "e" * 64
+
+
+class Harness:
+    def __init__(self):
+        self.raft = FakeRaft()
+        self.raft.cluster.apply({"op": "member_up", "node": NODE, "advertise": "198.18.0.1", "raft": NODE,
+                                 "hostname": "h1"})
+        self.reconciler = FakeReconciler()
+        self.changed = []
+        self.service = Service(self.raft, self.reconciler, NODE, Config(), self.changed.append)
+
+    async def call(self, client, method, body=None, raw=None):
+        data = raw if raw is not None else (json.dumps(body) if body is not None else b"")
+        resp = await client.post("/" + method, data=data,
+                                 headers={"Content-Type": "application/vnd.docker.plugins.v1.2+json"})
+        return resp.status, json.loads(await resp.text())
+
+    async def create_network(self, client, docker_id="net1", pool=""):
+        status, pool_reply = await self.call(client, "IpamDriver.RequestPool",
+                                             {"AddressSpace": "shoutd", "Pool": pool, "Options": {}, "V6": False})
+        assert status == 200, pool_reply
+        status, gw = await self.call(client, "IpamDriver.RequestAddress",
+                                     {"PoolID": pool_reply["PoolID"], "Address": "",
+                                      "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+        assert status == 200, gw
+        status, reply = await self.call(client, "NetworkDriver.CreateNetwork", {
+            "NetworkID": docker_id, "Options": {"com.docker.network.generic": {}},
+            "IPv4Data": [{"AddressSpace": "shoutd", "Pool": pool_reply["Pool"], "Gateway": gw["Address"]}]})
+        assert status == 200, reply
+        return pool_reply
+
+
+def run(test):
+    async def main():
+        h = Harness()
+        async with TestClient(TestServer(make_app(h.service))) as client:
+            await test(h, client)
+    asyncio.run(main())
+
+
+def test_activate_and_capabilities_with_empty_bodies():
+    async def t(h, c):
+        assert await h.call(c, "Plugin.Activate") == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
+        assert await h.call(c, "NetworkDriver.GetCapabilities") == (200, {"Scope": "local",
+                                                                          "ConnectivityScope": "global"})
+        status, caps = await h.call(c, "IpamDriver.GetDefaultAddressSpaces")
+        assert status == 200 and caps["GlobalDefaultAddressSpace"] == "shoutd"
+    run(t)
+
+
+def test_full_container_lifecycle():
+    async def t(h, c):
+        pool = await h.create_network(c)
+        assert pool["Pool"] == "10.213.0.0/24"
+        status, addr = await h.call(c, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "",
+                                                                     "Options": {}})
+        assert (status, addr["Address"]) == (200, "10.213.0.2/24")
+        status, ep = await h.call(c, "NetworkDriver.CreateEndpoint", {
+            "NetworkID": "net1", "EndpointID": EP, "Interface": {"Address": addr["Address"]}, "Options": {}})
+        assert status == 200 and ep == {"Interface": {"MacAddress": "0a:5d:0a:d5:00:02"}}
+        status, join = await h.call(c, "NetworkDriver.Join", {"NetworkID": "net1", "EndpointID": EP,
+                                                              "SandboxKey": "/var/run/docker/netns/x"})
+        assert status == 200
+        assert join["InterfaceName"] == {"SrcName": "shc" + EP[:12], "DstPrefix": "eth"}
+        assert join["StaticRoutes"] == [{"Destination": "224.0.0.0/4", "RouteType": 1}]
+        assert "Gateway" not in join
+        assert h.reconciler.passes >= 3, "create network, endpoint and join each wait for the kernel"
+        status, info = await h.call(c, "NetworkDriver.EndpointOperInfo", {"NetworkID": "net1", "EndpointID": EP})
+        assert status == 200 and info["Value"]["ip"] == "10.213.0.2"
+        assert (await h.call(c, "NetworkDriver.Leave", {"NetworkID": "net1", "EndpointID": EP}))[0] == 200
+        assert (await h.call(c, "NetworkDriver.DeleteEndpoint", {"NetworkID": "net1", "EndpointID": EP}))[0] == 200
+        assert (await h.call(c, "IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"],
+                                                              "Address": "10.213.0.2"}))[0] == 200
+        assert h.raft.state().networks[pool["PoolID"]]["addresses"] == {}
+        assert (await h.call(c, "NetworkDriver.DeleteNetwork", {"NetworkID": "net1"}))[0] == 200
+        assert (await h.call(c, "IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}))[0] == 200
+        assert h.raft.state().networks == {}
+    run(t)
+
+
+def test_create_without_our_ipam_is_refused_with_the_right_command():
+    async def t(h, c):
+        status, reply = await h.call(c, "NetworkDriver.CreateNetwork", {
+            "NetworkID": "n", "Options": {}, "IPv4Data": [{"AddressSpace": "LocalDefault",
+                                                           "Pool": "172.18.0.0/16", "Gateway": "172.18.0.1/16"}]})
+        assert status == 400
+        assert "--ipam-driver shoutd" in reply["Err"] and "same addresses on every host" in reply["Err"]
+    run(t)
+
+
+def test_static_address_taken_is_refused_in_ipam_form():
+    async def t(h, c):
+        pool = await h.create_network(c, pool="10.5.0.0/24")
+        body = {"PoolID": pool["PoolID"], "Address": "10.5.0.9", "Options": {}}
+        assert (await h.call(c, "IpamDriver.RequestAddress", body))[1]["Address"] == "10.5.0.9/24"
+        status, reply = await h.call(c, "IpamDriver.RequestAddress", body)
+        assert status == 409 and "already in use" in reply["Error"] and reply["Err"] == reply["Error"]
+    run(t)
+
+
+@pytest.mark.parametrize("method", sorted(ROUTES))
+def test_every_call_survives_malformed_json(method):
+    async def t(h, c):
+        status, reply = await h.call(c, method, raw=b"{not json")
+        assert status == 400 and "not valid JSON" in reply["Err"]
+        status, reply = await h.call(c, method, raw=b"[1, 2]")
+        assert status == 400 and "JSON object" in reply["Err"]
+    run(t)
+
+
+@pytest.mark.parametrize("method", sorted(m for m in ROUTES if not m.endswith(
+    ("Activate", "GetCapabilities", "GetDefaultAddressSpaces", "DiscoverNew", "DiscoverDelete",
+     "ProgramExternalConnectivity", "RevokeExternalConnectivity", "RequestPool"))))
+def test_every_call_with_an_empty_body_or_unknown_ids_gets_an_error_not_a_traceback(method):
+    async def t(h, c):
+        status, reply = await h.call(c, method, {})
+        assert status in (400, 404, 409), (status, reply)
+        assert reply["Err"] and "Traceback" not in reply["Err"]
+        ids = {"NetworkID": "nope", "EndpointID": "nope", "PoolID": "nope", "Address": "10.0.0.1",
+               "Interface": {"Address": "10.0.0.2/24"}, "IPv4Data": [{"AddressSpace": "shoutd", "Pool": "10.0.0.0/24"}]}
+        status, reply = await h.call(c, method, ids)
+        if method in ("NetworkDriver.DeleteNetwork", "NetworkDriver.DeleteEndpoint", "IpamDriver.ReleasePool",
+                      "IpamDriver.ReleaseAddress"):
+            assert status == 200      # deleting what is already gone succeeds: Docker retries cleanups
+        else:
+            assert status in (400, 404, 409) and reply["Err"], (status, reply)
+    run(t)
+
+
+def test_wrong_field_types_are_named():
+    async def t(h, c):
+        status, reply = await h.call(c, "IpamDriver.RequestPool", {"Pool": 17})
+        assert status == 400 and "Pool must be a string" in reply["Error"]
+        status, reply = await h.call(c, "IpamDriver.RequestPool", {"Pool": "", "V6": True})
+        assert status == 400 and "IPv4 only" in reply["Error"]
+    run(t)
+
+
+def test_unknown_calls_are_404_in_plugin_form():
+    async def t(h, c):
+        status, reply = await h.call(c, "NetworkDriver.Bogus", {})
+        assert status == 404 and "Bogus" in reply["Err"]
+    run(t)
+
+
+def test_deleting_a_network_in_use_elsewhere_is_refused_and_restored():
+    async def t(h, c):
+        pool = await h.create_network(c)
+        other = "198.18.0.2:7380"
+        h.raft.cluster.apply({"op": "member_up", "node": other, "advertise": "198.18.0.2", "raft": other,
+                              "hostname": "h2"})
+        h.raft.cluster.apply({"op": "network_name", "network": pool["PoolID"], "name": "web"})
+        h.raft.cluster.apply({"op": "ip_allocate", "req": "r", "node": other, "network": pool["PoolID"]})
+        h.raft.cluster.apply({"op": "endpoint_add", "network": pool["PoolID"], "node": other, "endpoint": EP,
+                              "ip": "10.213.0.2", "mac": "m"})
+        status, reply = await h.call(c, "NetworkDriver.DeleteNetwork", {"NetworkID": "net1"})
+        assert status == 409 and "h2 (198.18.0.2): 10.213.0.2" in reply["Err"]
+        assert pool["PoolID"] in h.raft.state().networks
+        assert h.changed == ["net1", "net1"], "the mirror is asked to restore the local copy"
+    run(t)

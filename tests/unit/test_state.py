@@ -1,0 +1,224 @@
+"""The replicated state machine: deterministic, never raising, leaving no trace when it refuses."""
+
+import copy
+import ipaddress
+import pickle
+import random
+
+import pytest
+
+from shoutd.state import VNI_MIN, ClusterState
+
+POOL = {"pool": "10.213.0.0/16", "pool_prefix": 24}
+
+
+def ok(cs, **op):
+    result = cs.apply(op)
+    assert "error" not in result, result
+    return result["value"]
+
+
+def refused(cs, kind, **op):
+    before = copy.deepcopy(cs.data)
+    result = cs.apply(op)
+    assert result.get("kind") == kind, result
+    assert cs.data == before, "a refused op must change nothing"
+    return result["error"]
+
+
+def cluster(*nodes):
+    cs = ClusterState()
+    for i, node in enumerate(nodes, 1):
+        ok(cs, op="member_up", node=node, advertise="198.18.0.%d" % i, raft=node, hostname="h%d" % i)
+    return cs
+
+
+def network(cs, req="n1", node="a", subnet=None, name=None):
+    net = ok(cs, op="network_reserve", req=req, node=node, subnet=subnet, **POOL)
+    ok(cs, op="network_bind", network=net["id"], node=node, docker_id="d-" + req + "-" + node)
+    if name:
+        ok(cs, op="network_name", network=net["id"], name=name)
+    return net
+
+
+def test_default_pool_gives_distinct_subnets_and_vnis():
+    cs = cluster("a")
+    nets = [network(cs, req="n%d" % i) for i in range(3)]
+    assert [n["subnet"] for n in nets] == ["10.213.0.0/24", "10.213.1.0/24", "10.213.2.0/24"]
+    assert [n["vni"] for n in nets] == [VNI_MIN, VNI_MIN + 1, VNI_MIN + 2]
+    assert nets[0]["gateway"] == "10.213.0.1"
+
+
+def test_default_pool_skips_user_subnets_inside_it():
+    cs = cluster("a")
+    network(cs, req="user", subnet="10.213.0.0/23")
+    assert network(cs, req="auto")["subnet"] == "10.213.2.0/24"
+
+
+def test_overlapping_subnet_is_refused_with_the_other_network_named():
+    cs = cluster("a")
+    network(cs, req="n1", subnet="10.1.0.0/16", name="web")
+    msg = refused(cs, "conflict", op="network_reserve", req="n2", node="a", subnet="10.1.2.0/24", **POOL)
+    assert "10.1.0.0/16" in msg and "web" in msg and "--subnet" in msg
+
+
+def test_replica_on_another_host_gets_the_same_network():
+    cs = cluster("a", "b")
+    net = network(cs, subnet="10.1.0.0/24", name="web")
+    again = ok(cs, op="network_reserve", req="other", node="b", subnet="10.1.0.0/24", network=net["id"], **POOL)
+    assert again["id"] == net["id"] and again["vni"] == net["vni"]
+    assert len(cs.networks) == 1
+
+
+@pytest.mark.parametrize("subnet", ["banana", "fd00::/64", "10.0.0.0/31"])
+def test_bad_subnets_are_refused_clearly(subnet):
+    cs = cluster("a")
+    msg = refused(cs, "invalid", op="network_reserve", req="n", node="a", subnet=subnet, **POOL)
+    assert subnet.split("/")[0] in msg
+
+
+def test_exhausted_default_pool_says_what_to_do():
+    cs = cluster("a")
+    small = {"pool": "10.9.0.0/23", "pool_prefix": 24}
+    for i in range(2):
+        ok(cs, op="network_reserve", req="n%d" % i, node="a", **small)
+    msg = refused(cs, "conflict", op="network_reserve", req="n9", node="a", **small)
+    assert "default_pool" in msg
+
+
+def test_names_are_unique_cluster_wide():
+    cs = cluster("a", "b")
+    network(cs, req="n1", name="web")
+    other = network(cs, req="n2", node="b")
+    assert "already exists" in refused(cs, "conflict", op="network_name", network=other["id"], name="web")
+
+
+def test_addresses_are_unique_sequential_and_skip_the_gateway():
+    cs = cluster("a", "b")
+    net = network(cs, subnet="10.1.0.0/29", name="small")
+    ips = [ok(cs, op="ip_allocate", req="r%d" % i, node="ab"[i % 2], network=net["id"]) for i in range(5)]
+    assert ips == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]
+    assert "no free address" in refused(cs, "conflict", op="ip_allocate", req="x", node="a", network=net["id"])
+
+
+def test_released_addresses_return_to_the_pool_after_the_others():
+    cs = cluster("a")
+    net = network(cs, subnet="10.1.0.0/29")
+    first = ok(cs, op="ip_allocate", req="r1", node="a", network=net["id"])
+    ok(cs, op="ip_release", network=net["id"], ip=first)
+    nxt = ok(cs, op="ip_allocate", req="r2", node="a", network=net["id"])
+    assert nxt != first, "a just-released address is not handed out again at once"
+    got = {ok(cs, op="ip_allocate", req="r%d" % i, node="a", network=net["id"]) for i in range(3, 7)}
+    assert first in got, "released addresses come back once the rest are used"
+
+
+def test_a_retried_allocation_returns_the_same_address():
+    cs = cluster("a")
+    net = network(cs)
+    one = ok(cs, op="ip_allocate", req="same", node="a", network=net["id"])
+    assert ok(cs, op="ip_allocate", req="same", node="a", network=net["id"]) == one
+    assert len(cs.networks[net["id"]]["addresses"]) == 1
+
+
+def test_static_address_is_honoured_or_refused_naming_the_holder():
+    cs = cluster("a", "b")
+    net = network(cs, subnet="10.1.0.0/24", name="web")
+    assert ok(cs, op="ip_allocate", req="r1", node="b", network=net["id"], ip="10.1.0.50") == "10.1.0.50"
+    msg = refused(cs, "conflict", op="ip_allocate", req="r2", node="a", network=net["id"], ip="10.1.0.50")
+    assert "10.1.0.50" in msg and "h2" in msg
+    refused(cs, "conflict", op="ip_allocate", req="r3", node="a", network=net["id"], ip="10.1.0.1")
+    refused(cs, "invalid", op="ip_allocate", req="r4", node="a", network=net["id"], ip="10.2.0.5")
+    refused(cs, "invalid", op="ip_allocate", req="r5", node="a", network=net["id"], ip="10.1.0.255")
+
+
+def test_gateway_can_be_chosen_at_create_only():
+    cs = cluster("a")
+    net = ok(cs, op="network_reserve", req="n", node="a", subnet="10.1.0.0/24", **POOL)
+    assert ok(cs, op="network_gateway", network=net["id"], node="a", gateway="10.1.0.254")["gateway"] == "10.1.0.254"
+    ok(cs, op="network_bind", network=net["id"], node="a", docker_id="d")
+    refused(cs, "conflict", op="network_gateway", network=net["id"], node="a", gateway="10.1.0.9")
+
+
+def test_delete_with_containers_elsewhere_keeps_the_network_and_says_where():
+    cs = cluster("a", "b")
+    net = network(cs, name="web")
+    ok(cs, op="network_bind", network=net["id"], node="b", docker_id="db")
+    ip = ok(cs, op="ip_allocate", req="r", node="b", network=net["id"])
+    ok(cs, op="endpoint_add", network=net["id"], node="b", endpoint="e" * 64, ip=ip, mac="0a:5d:00:00:00:01")
+    result = ok(cs, op="network_delete", network=net["id"], node="a")
+    assert result["deleted"] is False
+    assert "h2 (198.18.0.2)" in result["reason"] and ip in result["reason"]
+    assert net["id"] in cs.networks and "a" not in cs.networks[net["id"]]["bindings"]
+    ok(cs, op="endpoint_remove", endpoint="e" * 64)
+    assert ok(cs, op="network_delete", network=net["id"], node="b")["deleted"] is True
+    assert not cs.networks
+
+
+def test_release_pool_drops_only_abandoned_creates():
+    cs = cluster("a")
+    pending = ok(cs, op="network_reserve", req="p", node="a", **POOL)
+    named = network(cs, req="n", name="web")
+    ok(cs, op="network_release", network=pending["id"], node="a")
+    ok(cs, op="network_release", network=named["id"], node="a")
+    assert list(cs.networks) == [named["id"]]
+
+
+def test_endpoint_needs_an_address_from_our_ipam():
+    cs = cluster("a")
+    net = network(cs, name="web")
+    msg = refused(cs, "invalid", op="endpoint_add", network=net["id"], node="a", endpoint="e1", ip="10.213.0.9",
+                  mac="0a:5d:00:00:00:01")
+    assert "--ipam-driver shoutd" in msg
+    ip = ok(cs, op="ip_allocate", req="r", node="a", network=net["id"])
+    ok(cs, op="endpoint_add", network=net["id"], node="a", endpoint="e1", ip=ip, mac="m")
+    assert ok(cs, op="endpoint_add", network=net["id"], node="a", endpoint="e1", ip=ip, mac="m")["id"] == "e1"
+    refused(cs, "conflict", op="endpoint_add", network=net["id"], node="a", endpoint="e2", ip=ip, mac="m")
+    refused(cs, "conflict", op="ip_release", network=net["id"], ip=ip)
+
+
+def test_removing_a_member_frees_what_it_held():
+    cs = cluster("a", "b")
+    net = network(cs, name="web")
+    ip = ok(cs, op="ip_allocate", req="r", node="b", network=net["id"])
+    ok(cs, op="endpoint_add", network=net["id"], node="b", endpoint="e1", ip=ip, mac="m")
+    ok(cs, op="member_remove", node="b")
+    assert "b" not in cs.members and not cs.endpoints and not cs.networks[net["id"]]["addresses"]
+
+
+def test_advertise_addresses_are_unique():
+    cs = cluster("a")
+    refused(cs, "conflict", op="member_up", node="b", advertise="198.18.0.1", raft="b", hostname="x")
+
+
+@pytest.mark.parametrize("op", [None, 42, "x", {}, {"op": "nope"}, {"op": "ip_allocate"},
+                                {"op": "member_up", "node": "a", "advertise": "not-an-ip", "raft": "a"},
+                                {"op": "network_reserve", "req": "x", "node": "a", "subnet": None,
+                                 "pool": "junk", "pool_prefix": 24}])
+def test_garbage_never_raises(op):
+    cs = cluster("a")
+    before = copy.deepcopy(cs.data)
+    result = cs.apply(op)
+    assert result["kind"] == "invalid" and result["error"]
+    assert cs.data == before
+
+
+def test_same_ops_same_state_and_snapshots_round_trip():
+    rng = random.Random(7)
+    ops = [{"op": "member_up", "node": "a", "advertise": "198.18.0.1", "raft": "a"},
+           {"op": "member_up", "node": "b", "advertise": "198.18.0.2", "raft": "b"}]
+    for i in range(4):
+        ops.append({"op": "network_reserve", "req": "n%d" % i, "node": "a", **POOL})
+    for i in range(200):
+        net = "n%d" % rng.randrange(4)
+        if rng.random() < 0.7:
+            ops.append({"op": "ip_allocate", "req": "r%d" % i, "node": rng.choice("ab"), "network": net})
+        else:
+            ops.append({"op": "ip_release", "network": net, "ip": "10.213.%d.%d" % (int(net[1]), rng.randrange(2, 30))})
+    one, two = ClusterState(), ClusterState()
+    for op in ops:
+        assert one.apply(copy.deepcopy(op)) == two.apply(copy.deepcopy(op))
+    assert one.data == two.data
+    assert pickle.loads(pickle.dumps(one.data)) == one.data
+    for net in one.networks.values():
+        for ip in net["addresses"]:
+            assert ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(net["subnet"])
