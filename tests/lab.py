@@ -124,13 +124,23 @@ class Host:
         raise RuntimeError("dockerd on %s did not start; see %s/dockerd.log" % (self.name, self.dir))
 
     def stop_dockerd(self):
-        if self.dockerd is not None and self.dockerd.poll() is None:
-            self.dockerd.terminate()
-            try:
-                self.dockerd.wait(30)
-            except subprocess.TimeoutExpired:
-                self.dockerd.kill()
-                self.dockerd.wait()
+        pid = self.dockerd.pid if self.dockerd is not None else None
+        pidfile = os.path.join(self.dir, "docker.pid")
+        if pid is None and os.path.exists(pidfile):
+            pid = int(open(pidfile).read().strip() or 0) or None
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.time() + 30
+            while time.time() < deadline and os.path.exists("/proc/%d" % pid) and \
+                    "zombie" not in open("/proc/%d/status" % pid).read():
+                time.sleep(0.2)
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+        if self.dockerd is not None:
+            self.dockerd.wait()
         self.dockerd = None
 
     def write_config(self, peers):
@@ -234,13 +244,16 @@ class Lab:
         for h in self.hosts:
             h.kill_shoutd(signal.SIGTERM)
         for h in self.hosts:
-            try:
+            if os.path.exists(h.sock):
                 for cid in h.docker("ps", "-aq", check=False).stdout.split():
                     h.docker("rm", "-f", cid, check=False)
-            except Exception:  # noqa: BLE001 - best effort teardown
-                pass
             h.stop_dockerd()
+        logs = os.environ.get("SHOUTD_LAB_LOGS", "/tmp/shoutd-lab-logs")
+        os.makedirs(logs, exist_ok=True)
         for h in self.hosts:
+            for name in ("shoutd.log", "dockerd.log"):
+                if os.path.exists(os.path.join(h.dir, name)):
+                    shutil.copy(os.path.join(h.dir, name), os.path.join(logs, "h%d-%s" % (h.n, name)))
             sh("umount -R %s/cg" % h.dir, check=False)
         self.down_network()
         sh("iptables -D FORWARD -i %s -o %s -j ACCEPT" % (UNDERLAY, UNDERLAY), check=False)
