@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 ROUTE_CONNECTED = 1   # libnetwork's types.CONNECTED: a route with no next hop
 _STATUS = {INVALID: 400, UNAVAILABLE: 503, INTERNAL: 500}
+# aiohttp >= 3.9 wants typed keys; Debian bookworm's 3.8 has none.
+SERVICE = web.AppKey("service", object) if hasattr(web, "AppKey") else "service"
 
 
 def _reply(body, status=200):
@@ -54,7 +56,7 @@ def _endpoint(fn):
             if not isinstance(body, dict):
                 raise ShoutdError("request body must be a JSON object")
             log.debug("%s %s", method, body)
-            return _reply(await fn(request.app["service"], body))
+            return _reply(await fn(request.app[SERVICE], body))
         except ShoutdError as e:
             log.warning("%s refused: %s", method, e)
             return _reply({"Err": e.message, "Error": e.message}, _STATUS.get(e.kind, 409))
@@ -186,7 +188,7 @@ async def _unknown(request):
 
 def make_app(service):
     app = web.Application(client_max_size=1 << 20)
-    app["service"] = service
+    app[SERVICE] = service
     for name, fn in ROUTES.items():
         app.router.add_post("/" + name, _endpoint(fn))
     app.router.add_route("*", "/{tail:.*}", _unknown)
