@@ -17,6 +17,7 @@ import sys
 from aiohttp import web
 
 from . import config as configmod
+from . import dbus_api
 from .dataplane.reconciler import Reconciler, Underlay
 from .dataplane.worker import Worker
 from .docker.engine import Engine
@@ -96,7 +97,10 @@ class Daemon:
         self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, self.ready_state)
         self.service = Service(raft, self.reconciler, self.node, cfg,
                                on_network_changed=lambda _id: self.mirror.kick(delay=0.5))
+        self.dbus = None
+        raft.loop = self.loop
         raft.on_change(lambda: self.loop.call_soon_threadsafe(self.changed))
+        raft.on_join = lambda members: asyncio.ensure_future(self.join(members))
 
     def ready_state(self):
         """The state, once Raft has caught up with the leader; else None."""
@@ -106,6 +110,23 @@ class Daemon:
         self.reconciler.kick()
         self.mirror.kick()
         self.notifier.status(self.raft.status())
+        if self.dbus is not None:
+            self.dbus[1].refresh()
+
+    async def join(self, members):
+        """Another member ran AddPeer for this host: become part of its cluster."""
+        try:
+            await self.raft.rejoin(members)
+            await self.register()
+        except ShoutdError as e:
+            log.error("joining the cluster of %s failed: %s", ", ".join(members), e)
+
+    async def connect_dbus(self):
+        try:
+            self.dbus = await dbus_api.serve(self.service)
+            log.info("D-Bus: %s on the system bus", dbus_api.BUS_NAME)
+        except Exception as e:  # noqa: BLE001 - the plugin must work without a bus
+            log.warning("D-Bus control unavailable (%s); the Docker plugin works without it", e)
 
     async def register(self):
         """Record this host (its VTEP) in the cluster, once there is a leader."""
@@ -129,6 +150,7 @@ class Daemon:
         await web.SockSite(runner, sock, shutdown_timeout=2.0).start()
         self.reconciler.start()
         self.mirror.start()
+        await self.connect_dbus()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         registering = asyncio.create_task(self.register())
@@ -144,6 +166,8 @@ class Daemon:
             await self.reconciler.stop()
             await runner.cleanup()
             await self.engine.close()
+            if self.dbus is not None:
+                self.dbus[0].disconnect()
             if owned and os.path.exists(self.cfg.plugin_socket):
                 os.unlink(self.cfg.plugin_socket)
 

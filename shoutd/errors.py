@@ -13,10 +13,11 @@ INTERNAL = "internal"        # a bug in shoutd; the message says where to look
 
 
 class ShoutdError(Exception):
-    def __init__(self, message, kind=INVALID):
+    def __init__(self, message, kind=INVALID, name=None):
         super().__init__(message)
         self.message = message
         self.kind = kind
+        self.name = name       # a more precise name for D-Bus, e.g. "AlreadyMember"
 
     def __str__(self):
         return self.message

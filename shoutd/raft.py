@@ -17,12 +17,16 @@ import asyncio
 import copy
 import errno
 import logging
+import os
+import time
 import socket
 import threading
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.transport import TCPTransport
+from pysyncobj.utility import TcpUtility, UtilityException
 
-from .errors import UNAVAILABLE, ShoutdError
+from .errors import CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
 from .state import ClusterState, empty
 
 log = logging.getLogger(__name__)
@@ -89,21 +93,32 @@ def check_port_free(host, port):
         s.close()
 
 
+JOIN = "shoutd_join"
+
+
 class RaftNode:
     """One member of the Raft cluster.  Build on the main thread."""
 
     def __init__(self, self_addr, peer_addrs, secret, journal=None, dump=None):
         self.self_addr = self_addr
+        self.secret = secret
+        self.files = [f for f in (journal, dump) if f]
+        self._journal, self._dump = journal, dump
         self._on_change = lambda: None
-        self.consumer = StateConsumer(self._changed)
+        self.on_join = None            # set by the daemon: called on the loop with the new members
+        self.loop = None
         host, port = self_addr.rsplit(":", 1)
         check_port_free(host, int(port))
+        self._build(peer_addrs)
+
+    def _build(self, peer_addrs):
+        self.consumer = StateConsumer(self._changed)
         conf = SyncObjConf(
-            password=secret,
-            bindAddress=self_addr,
+            password=self.secret,
+            bindAddress=self.self_addr,
             dynamicMembershipChange=True,
-            journalFile=journal,
-            fullDumpFile=dump,
+            journalFile=self._journal,
+            fullDumpFile=self._dump,
             useFork=False,             # forking a threaded process can deadlock
             commandsWaitLeader=True,
             onStateChanged=lambda old, new: self._changed(),
@@ -111,8 +126,20 @@ class RaftNode:
             raftMinTimeout=0.4,
             raftMaxTimeout=1.4,
         )
-        self.sync = SyncObj(self_addr, [p for p in peer_addrs if p != self_addr], conf=conf,
-                            consumers=[self.consumer])
+        node = self
+
+        class Transport(TCPTransport):
+            """PySyncObj's transport plus one utility message: a join request.
+
+            Utility messages arrive only after the secret-keyed handshake, so
+            only a holder of the cluster secret can ask a node to join.
+            """
+            def __init__(self, *args):
+                super().__init__(*args)
+                self.setOnUtilityMessageCallback(JOIN, node._on_join_request)
+
+        self.sync = SyncObj(self.self_addr, [p for p in peer_addrs if p != self.self_addr], conf=conf,
+                            consumers=[self.consumer], transportClass=Transport)
 
     def on_change(self, callback):
         """Call `callback` (on the tick thread) after every state or role change."""
@@ -166,6 +193,82 @@ class RaftNode:
                 "term": raw.get("raft_term", 0), "has_quorum": bool(raw.get("has_quorum")),
                 "ready": self.sync.isReady(), "nodes": nodes,
                 "commit_index": raw.get("commit_idx"), "last_applied": raw.get("last_applied")}
+
+    # -- membership ------------------------------------------------------
+
+    def members(self):
+        return sorted(self.status()["nodes"])
+
+    async def change_membership(self, kind, addr, timeout=30.0):
+        """Add or remove one Raft member; PySyncObj allows one change at a time."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(result, err):
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
+        change = self.sync.addNodeToCluster if kind == "add" else self.sync.removeNodeFromCluster
+        change(addr, callback=done)
+        try:
+            err = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise ShoutdError("the cluster did not commit the %s of %s within %gs: %s"
+                              % ("addition" if kind == "add" else "removal", addr, timeout,
+                                 self.quorum_hint()), UNAVAILABLE) from None
+        if err != FAIL_REASON.SUCCESS:
+            raise ShoutdError("cannot change membership for %s: %s"
+                              % (addr, _FAILURES.get(err, "Raft error %s" % err)), UNAVAILABLE)
+
+    async def ask_to_join(self, addr, members, timeout=10.0):
+        """Ask the shoutd at `addr` to leave its one-node cluster and join `members`."""
+        def call():
+            try:
+                return TcpUtility(password=self.secret, timeout=timeout).executeCommand(addr, [JOIN] + members)
+            except UtilityException as e:
+                return "unreachable: %s" % e
+        reply = str(await asyncio.get_running_loop().run_in_executor(None, call))
+        if reply.startswith("unreachable"):
+            raise ShoutdError("host %s did not accept the join request (%s): is shoutd running there, "
+                              "listening on that address, with the same cluster secret?"
+                              % (addr, reply.split(": ", 1)[-1]), UNAVAILABLE)
+        if reply != "joining":
+            raise ShoutdError("host %s refused to join: %s" % (addr, reply), CONFLICT)
+
+    def _on_join_request(self, args, callback):
+        """On the tick thread: answer at once, rebuild on the loop."""
+        members = [str(a) for a in args]
+        if self.self_addr not in members:
+            return callback("the member list does not name this host (%s)" % self.self_addr, None)
+        if len(self.status()["nodes"]) > 1:
+            return callback("%s is already a member of a cluster with %s; remove it there first"
+                            % (self.self_addr, ", ".join(n for n in self.members() if n != self.self_addr)), None)
+        if self.consumer.snapshot().networks:
+            return callback("%s has shoutd networks of its own; remove them before it joins" % self.self_addr,
+                            None)
+        if self.loop is None or self.on_join is None:
+            return callback("%s is not ready to join yet; try again" % self.self_addr, None)
+        callback("joining", None)
+        self.loop.call_soon_threadsafe(self.on_join, members)
+
+    async def rejoin(self, members):
+        """Drop this one-node cluster and start again as a member of `members`."""
+        log.info("joining the cluster of %s", ", ".join(m for m in members if m != self.self_addr))
+        self.sync.destroy()
+        host, port = self.self_addr.rsplit(":", 1)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                check_port_free(host, int(port))
+                break
+            except ShoutdError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        for f in self.files:
+            for path in (f, f + ".tmp", f + ".meta"):
+                if os.path.exists(path):
+                    os.unlink(path)
+        self._build(members)
+        self._changed()
 
     def destroy(self):
         self.sync.destroy()

@@ -11,7 +11,7 @@ import logging
 import uuid
 
 from .dataplane.desired import veth_names
-from .errors import CONFLICT, NOT_FOUND, ShoutdError
+from .errors import CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
 from .state import ADDRESS_SPACE
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,68 @@ class Service:
 
     def state(self):
         return self.raft.state()
+
+    # -- cluster membership (D-Bus, shoutdctl) ---------------------------
+
+    def peer_address(self, address):
+        """'ip' or 'ip:port' -> 'ip:port', or an InvalidAddress error."""
+        text = str(address).strip()
+        host, sep, port = text.rpartition(":") if ":" in text else (text, "", str(self.config.raft_port))
+        try:
+            ip = ipaddress.IPv4Address(host)
+            port = int(port)
+            if not 0 < port < 65536 or ip.is_unspecified or ip.is_multicast:
+                raise ValueError
+        except ValueError:
+            raise ShoutdError("%r is not a host address; give an IPv4 address, optionally with :port "
+                              "(default port %d)" % (text, self.config.raft_port), INVALID,
+                              "InvalidAddress") from None
+        return "%s:%d" % (ip, port)
+
+    def _need_quorum(self):
+        st = self.raft.status()
+        if st["leader"] is None or not st["has_quorum"]:
+            raise ShoutdError("the cluster has no quorum, so membership cannot change: " + self.raft.quorum_hint(),
+                              UNAVAILABLE, "NoQuorum")
+        return st
+
+    async def add_peer(self, address):
+        addr = self.peer_address(address)
+        st = self._need_quorum()
+        if addr in st["nodes"]:
+            raise ShoutdError("%s is already a member of the cluster" % addr, CONFLICT, "AlreadyMember")
+        members = sorted(set(st["nodes"]) | {addr})
+        await self.raft.ask_to_join(addr, members)
+        await self.raft.change_membership("add", addr)
+        log.info("peer %s added to the cluster; members now %s", addr, ", ".join(members))
+        return addr
+
+    async def remove_peer(self, address):
+        addr = self.peer_address(address)
+        st = self._need_quorum()
+        if addr == self.node:
+            raise ShoutdError("%s is this host; run RemovePeer on another member" % addr, INVALID, "InvalidAddress")
+        if addr not in st["nodes"]:
+            raise ShoutdError("%s is not a member of the cluster" % addr, NOT_FOUND, "NotMember")
+        await self.raft.change_membership("rem", addr)
+        if addr in self.state().members:
+            await self._submit(op="member_remove", node=addr)
+        log.info("peer %s removed from the cluster", addr)
+        return addr
+
+    def status(self):
+        st = self.raft.status()
+        state = self.state()
+        members = []
+        for addr, conn in sorted(st["nodes"].items()):
+            rec = state.members.get(addr, {})
+            members.append({"address": addr, "vtep": rec.get("advertise", ""), "hostname": rec.get("hostname", ""),
+                            "state": "leader" if addr == st["leader"] else conn})
+        networks = [{"name": n["name"] or "", "subnet": n["subnet"], "vni": n["vni"], "id": n["id"],
+                     "endpoints": len(state.endpoints_of(n["id"]))}
+                    for n in sorted(state.networks.values(), key=lambda n: n["vni"])]
+        return {"self": self.node, "leader": st["leader"] or "", "term": st["term"],
+                "quorum": st["has_quorum"], "ready": st["ready"], "members": members, "networks": networks}
 
     async def _submit(self, **op):
         op.setdefault("node", self.node)

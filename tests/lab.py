@@ -21,7 +21,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "shoutd-lab"
-UNDERLAY = "shul0"
 TOOLS = ["iperf", "arping", "tcpdump"]
 
 
@@ -94,7 +93,7 @@ class Host:
         h = self.name
         sh("ip netns add %s" % h)
         sh("ip link add %s-ul type veth peer name eth0 netns %s" % (h, h))
-        sh("ip link set %s-ul master %s up" % (h, UNDERLAY))
+        sh("ip link set %s-ul master %s up" % (h, self.lab.underlay))
         sh("ip -n %s addr add %s/24 dev eth0" % (h, self.ip))
         sh("ip -n %s link set eth0 up" % h)
         sh("ip -n %s link set lo up" % h)
@@ -198,15 +197,16 @@ class Lab:
         self.prefix = prefix
         self.python = python or "/usr/bin/python3"
         self.secret = os.path.join(self.base, "secret")
+        self.underlay = prefix + "-ul0"
         self.hosts = [Host(self, n) for n in range(1, hosts + 1)]
 
     def up(self, image_cache="/var/tmp/shoutd-lab-image.tar"):
         self.down_network()
         os.makedirs(self.base, exist_ok=True)
-        sh("ip link add %s type bridge" % UNDERLAY)
-        sh("ip link set %s up" % UNDERLAY)
+        sh("ip link add %s type bridge" % self.underlay)
+        sh("ip link set %s up" % self.underlay)
         # A dockerd elsewhere may have set FORWARD to DROP with br_netfilter on (shared/LAB.md).
-        sh("iptables -I FORWARD -i %s -o %s -j ACCEPT" % (UNDERLAY, UNDERLAY), check=False)
+        sh("iptables -I FORWARD -i %s -o %s -j ACCEPT" % (self.underlay, self.underlay), check=False)
         with open(self.secret, "w") as f:
             f.write(os.urandom(24).hex())
         os.chmod(self.secret, 0o600)
@@ -238,15 +238,19 @@ class Lab:
     def down_network(self):
         for n in range(1, 10):
             sh("ip netns del %sh%d" % (self.prefix, n), check=False)
-        sh("ip link del %s" % UNDERLAY, check=False)
+        sh("ip link del %s" % self.underlay, check=False)
 
     def down(self):
+        # Containers go while shoutd still answers Docker's Leave/DeleteEndpoint:
+        # without it Docker retries each call for half a minute.
+        for h in self.hosts:
+            if os.path.exists(h.sock):
+                cids = h.docker("ps", "-aq", check=False).stdout.split()
+                if cids:
+                    h.docker("rm", "-f", *cids, check=False)
         for h in self.hosts:
             h.kill_shoutd(signal.SIGTERM)
         for h in self.hosts:
-            if os.path.exists(h.sock):
-                for cid in h.docker("ps", "-aq", check=False).stdout.split():
-                    h.docker("rm", "-f", cid, check=False)
             h.stop_dockerd()
         logs = os.environ.get("SHOUTD_LAB_LOGS", "/tmp/shoutd-lab-logs")
         os.makedirs(logs, exist_ok=True)
@@ -256,7 +260,7 @@ class Lab:
                     shutil.copy(os.path.join(h.dir, name), os.path.join(logs, "h%d-%s" % (h.n, name)))
             sh("umount -R %s/cg" % h.dir, check=False)
         self.down_network()
-        sh("iptables -D FORWARD -i %s -o %s -j ACCEPT" % (UNDERLAY, UNDERLAY), check=False)
+        sh("iptables -D FORWARD -i %s -o %s -j ACCEPT" % (self.underlay, self.underlay), check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

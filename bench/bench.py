@@ -1,0 +1,151 @@
+"""shoutd benchmark: three lab hosts, figures from one run, printed as ratios.
+
+    python3 bench/bench.py [--rounds 5] [--seconds 5]
+
+1. TCP throughput container to container across hosts on a shoutd network,
+   against (a) host-to-host TCP on the same underlay and (b) a hand-built
+   kernel VXLAN + bridge between the same hosts.  Runs alternate, because the
+   machine is noisy; each figure is the median of its rounds.
+2. UDP multicast at 100 Mbit/s from host 1 to receivers on hosts 2 and 3: loss.
+3. `docker run` time on a shoutd network against a local bridge network.
+4. Resident memory of each shoutd daemon.
+
+Not a test: nothing here asserts a time.  Needs root and the packages of
+.ci/setup.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from lab import IMAGE, Lab, sh, wait_for  # noqa: E402
+
+RATE = re.compile(r"([\d.]+) Mbits/sec")
+LOSS = re.compile(r"(\d+)/\s*(\d+) \(")
+HAND_VNI = 99
+
+
+def mbits(output):
+    rates = RATE.findall(output)
+    if not rates:
+        raise RuntimeError("no iperf rate in: " + output)
+    return float(rates[-1])
+
+
+def host_to_host(h1, h2, seconds):
+    return mbits(h1.netns("iperf", "-c", h2.ip, "-t", str(seconds), "-f", "m", timeout=seconds + 30).stdout)
+
+
+def container_to_container(h1, client, server_ip, seconds):
+    return mbits(h1.exec(client, "iperf", "-c", server_ip, "-t", str(seconds), "-f", "m",
+                         timeout=seconds + 30).stdout)
+
+
+def hand_built(lab):
+    """A kernel VXLAN + bridge per host, by hand, used by Docker's bridge driver."""
+    h1, h2 = lab.hosts[:2]
+    for h, other, gw, ip in ((h1, h2, "10.99.0.1", "10.99.0.11"), (h2, h1, "10.99.0.254", "10.99.0.12")):
+        h.netns("ip", "link", "add", "hb99", "type", "bridge")
+        h.netns("ip", "link", "add", "hx99", "type", "vxlan", "id", str(HAND_VNI), "local", h.ip,
+                "dstport", "4789", "dev", "eth0", "nolearning")
+        h.netns("ip", "link", "set", "hx99", "master", "hb99", "mtu", "1450", "up")
+        h.netns("ip", "link", "set", "hb99", "mtu", "1450", "up")
+        h.netns("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "hx99", "dst", other.ip)
+        h.docker("network", "create", "-d", "bridge", "-o", "com.docker.network.bridge.name=hb99",
+                 "-o", "com.docker.network.driver.mtu=1450", "--subnet", "10.99.0.0/24", "--gateway", gw, "hand")
+        h.run("hand%d" % h.n, "hand", ip=ip)
+    h2.exec("hand2", "sh", "-c", "iperf -s -D >/dev/null 2>&1")
+
+
+def tcp(lab, rounds, seconds):
+    h1, h2 = lab.hosts[:2]
+    h2.netns("sh", "-c", "iperf -s -D >/dev/null 2>&1")
+    h1.run("tc1", "bench")
+    h2.run("ts2", "bench", "iperf", "-s")
+    shout_ip = h2.container_ip("ts2", "bench")
+    hand_built(lab)
+    time.sleep(1)
+    results = {"underlay": [], "shoutd": [], "hand": []}
+    for _ in range(rounds):
+        results["underlay"].append(host_to_host(h1, h2, seconds))
+        results["shoutd"].append(container_to_container(h1, "tc1", shout_ip, seconds))
+        results["hand"].append(container_to_container(h1, "hand1", "10.99.0.12", seconds))
+    return {k: statistics.median(v) for k, v in results.items()}, results
+
+
+def multicast(lab, seconds):
+    h1, h2, h3 = lab.hosts
+    for h in (h2, h3):
+        h.run("mrx%d" % h.n, "bench", "iperf", "-u", "-s", "-B", "224.3.3.3", "-p", "5002")
+    h1.run("mtx", "bench")
+    time.sleep(1)
+    h1.exec("mtx", "iperf", "-u", "-c", "224.3.3.3", "-p", "5002", "-T", "2", "-b", "100M", "-t", str(seconds),
+            timeout=seconds + 30)
+    time.sleep(2)
+    out = {}
+    for h in (h2, h3):
+        reports = [(int(a), int(b)) for a, b in LOSS.findall(h.docker("logs", "mrx%d" % h.n).stdout)]
+        lost, total = max(reports, key=lambda r: r[1])
+        out["host%d" % h.n] = (lost, total, 100.0 * lost / total if total else float("nan"))
+    return out
+
+
+def docker_run(lab, rounds):
+    h1 = lab.hosts[0]
+    h1.docker("network", "create", "-d", "bridge", "localbr")
+    times = {"shoutd": [], "bridge": []}
+    for i in range(rounds):
+        for kind, net in (("shoutd", "bench"), ("bridge", "localbr")):
+            t = time.monotonic()
+            h1.docker("run", "--rm", "--network", net, IMAGE, "true")
+            times[kind].append(time.monotonic() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def memory(lab):
+    rss = {}
+    for h in lab.hosts:
+        pids = sh("pgrep -f 'shoutd --config %s'" % h.dir, check=False).stdout.split()
+        for pid in pids:
+            status = open("/proc/%s/status" % pid).read()
+            if "python" in open("/proc/%s/cmdline" % pid).read():
+                rss["host%d" % h.n] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+    return rss
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=int, default=5)
+    args = p.parse_args()
+    lab = Lab(3, prefix="bn")
+    try:
+        lab.up()
+        lab.start_shoutd()
+        lab.hosts[0].docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", "bench")
+        for h in lab.hosts:
+            wait_for(lambda h=h: "bench" in h.docker("network", "ls").stdout)
+        med, raw = tcp(lab, args.rounds, args.seconds)
+        mc = multicast(lab, args.seconds * 2)
+        run = docker_run(lab, args.rounds * 2)
+        mem = memory(lab)
+    finally:
+        lab.down()
+    print("\n== shoutd benchmark (%d rounds of %d s, alternating) ==" % (args.rounds, args.seconds))
+    for k, v in raw.items():
+        print("TCP %-8s Mbit/s: %s (median %.0f)" % (k, ", ".join("%.0f" % x for x in v), med[k]))
+    print("TCP shoutd / host-to-host underlay   : %.3f  (goal >= 0.85)" % (med["shoutd"] / med["underlay"]))
+    print("TCP shoutd / hand-built VXLAN+bridge : %.3f  (goal >= 0.97)" % (med["shoutd"] / med["hand"]))
+    for host, (lost, total, pct) in mc.items():
+        print("multicast 100 Mbit/s to %s: %d/%d lost = %.3f%%  (goal 0)" % (host, lost, total, pct))
+    print("docker run median: shoutd %.3f s, local bridge %.3f s, ratio %.2f  (goal <= 1.3)"
+          % (run["shoutd"], run["bridge"], run["shoutd"] / run["bridge"]))
+    print("shoutd resident memory: " + ", ".join("%s %.1f MiB" % kv for kv in sorted(mem.items())))
+
+
+if __name__ == "__main__":
+    main()

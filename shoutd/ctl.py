@@ -1,0 +1,189 @@
+"""shoutdctl: the command line, talking D-Bus to the local shoutd.
+
+    shoutdctl status | networks | peers [--json]
+    shoutdctl peers add|remove ADDRESS
+    shoutdctl start ADVERTISE_ADDRESS [--peer-addresses=A,B]
+
+Exit codes scripts can rely on:
+    0 success, 1 shoutd refused (the message says why), 2 usage,
+    3 shoutd is not running (or no system bus), 4 permission denied,
+    5 the cluster has no quorum.
+"""
+
+import argparse
+import asyncio
+import configparser
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+
+from dbus_next import BusType, Message, MessageType
+from dbus_next.aio import MessageBus
+
+from .dbus_api import BUS_NAME, ERROR, INTERFACE, OBJECT_PATH
+
+OK, REFUSED, USAGE, NOT_RUNNING, DENIED, NO_QUORUM = 0, 1, 2, 3, 4, 5
+
+
+class Failure(Exception):
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def _code_for(error_name):
+    if error_name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+        return NOT_RUNNING
+    if error_name in (ERROR + "AccessDenied", "org.freedesktop.DBus.Error.AccessDenied"):
+        return DENIED
+    if error_name == ERROR + "NoQuorum":
+        return NO_QUORUM
+    return REFUSED
+
+
+async def call(member, signature="", body=()):
+    try:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except Exception as e:  # noqa: BLE001 - any failure to reach the bus means the same to a user
+        raise Failure("cannot reach the system D-Bus (%s); is dbus running?" % e, NOT_RUNNING) from None
+    try:
+        reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=INTERFACE,
+                                       member=member, signature=signature, body=list(body)))
+    finally:
+        bus.disconnect()
+    if reply.message_type == MessageType.ERROR:
+        text = reply.body[0] if reply.body else reply.error_name
+        code = _code_for(reply.error_name)
+        if code == NOT_RUNNING:
+            text = "shoutd is not running (start it with: systemctl start shoutd)"
+        elif code == DENIED and not text.startswith(member):
+            text = "%s: permission denied; it changes the cluster and is for root only (use sudo)" % member
+        raise Failure(text, code)
+    return reply.body
+
+
+def unwrap(status):
+    return {k: v.value for k, v in status.items()}
+
+
+def table(rows, headers):
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [headers] + rows]
+    return "\n".join(lines)
+
+
+def show_status(st):
+    print("node     %s" % st["Self"])
+    print("leader   %s" % (st["Leader"] or "none (no quorum?)"))
+    print("term     %d   quorum %s   ready %s" % (st["Term"], "yes" if st["Quorum"] else "NO",
+                                                  "yes" if st["Ready"] else "no"))
+    print()
+    show_members(st)
+    print()
+    show_networks(st)
+
+
+def show_members(st):
+    print(table([list(m) for m in st["Members"]], ["MEMBER", "VTEP", "HOST", "STATE"]))
+
+
+def show_networks(st):
+    print(table([list(n) for n in st["Networks"]], ["NETWORK", "SUBNET", "VNI", "ENDPOINTS"]))
+
+
+def as_json(st, part=None):
+    out = {"self": st["Self"], "leader": st["Leader"], "term": st["Term"], "quorum": st["Quorum"],
+           "ready": st["Ready"],
+           "members": [dict(zip(("address", "vtep", "hostname", "state"), m)) for m in st["Members"]],
+           "networks": [dict(zip(("name", "subnet", "vni", "endpoints"), n)) for n in st["Networks"]]}
+    print(json.dumps(out[part] if part else out, indent=2))
+
+
+def start(args):
+    """The seed's convenience: write the config, then enable and start the service."""
+    try:
+        advertise = str(ipaddress.IPv4Address(args.advertise_address))
+        peers = [p.strip() for p in (args.peer_addresses or "").split(",") if p.strip()]
+        for p in peers:
+            ipaddress.IPv4Address(p.rsplit(":", 1)[0])
+    except ValueError as e:
+        raise Failure("bad address: %s" % e, USAGE) from None
+    cp = configparser.ConfigParser(interpolation=None)
+    if os.path.exists(args.config):
+        cp.read(args.config)
+    if not cp.has_section("shoutd"):
+        cp.add_section("shoutd")
+    cp.set("shoutd", "advertise_address", advertise)
+    cp.set("shoutd", "peers", ", ".join(peers))
+    os.makedirs(os.path.dirname(args.config) or ".", exist_ok=True)
+    try:
+        with open(args.config + ".new", "w") as f:
+            cp.write(f)
+        os.replace(args.config + ".new", args.config)
+    except PermissionError:
+        raise Failure("cannot write %s: permission denied (use sudo)" % args.config, DENIED) from None
+    print("wrote %s (advertise_address = %s, peers = %s)" % (args.config, advertise, ", ".join(peers) or "none"))
+    if args.no_start:
+        return
+    res = subprocess.run(["systemctl", "enable", "--now", "shoutd"])
+    if res.returncode:
+        raise Failure("systemctl enable --now shoutd failed", REFUSED)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="shoutdctl", description="Control the local shoutd over D-Bus.",
+                                epilog="exit codes: 0 ok, 1 refused, 2 usage, 3 not running, "
+                                       "4 permission denied, 5 no quorum")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="this node, leader, members and networks")
+    sub.add_parser("networks", help="the cluster's networks")
+    peers = sub.add_parser("peers", help="list, add or remove cluster members")
+    peers.add_argument("action", nargs="?", choices=["add", "remove"])
+    peers.add_argument("address", nargs="?", help="IPv4 address, optionally :port")
+    st = sub.add_parser("start", help="write the config and enable and start the service")
+    st.add_argument("advertise_address")
+    st.add_argument("--peer-addresses", default="", help="comma-separated peer addresses")
+    st.add_argument("--config", default="/etc/shoutd/shoutd.conf")
+    st.add_argument("--no-start", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+async def run(args):
+    if args.command == "start":
+        return start(args)
+    if args.command == "peers" and args.action:
+        if not args.address:
+            raise Failure("usage: shoutdctl peers %s ADDRESS" % args.action, USAGE)
+        member = "AddPeer" if args.action == "add" else "RemovePeer"
+        await call(member, "s", [args.address])
+        print("%s: %s" % ("added" if args.action == "add" else "removed", args.address))
+        return
+    st = unwrap((await call("Status"))[0])
+    part = {"networks": "networks", "peers": "members"}.get(args.command)
+    if args.json:
+        as_json(st, part)
+    elif args.command == "status":
+        show_status(st)
+    elif args.command == "networks":
+        show_networks(st)
+    else:
+        show_members(st)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        asyncio.run(run(args))
+    except Failure as e:
+        print("shoutdctl: %s" % e, file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""org.darkkitchen.Shoutd on the system bus: status and peer management.
+
+A thin adapter over Service.  Two things are done here and nowhere else:
+- Errors become named D-Bus errors (org.darkkitchen.Shoutd.Error.*) carrying
+  the Service's message, never a Python traceback.
+- Only root may change anything.  The bus policy file says so too, but the
+  daemon checks the caller itself, so a wrong policy file does not open the
+  door: dbus-next never shows a method its caller, so a message handler
+  intercepts the mutating calls first, asks the bus for the caller's uid and
+  only then runs them.
+"""
+
+import asyncio
+import logging
+
+from dbus_next import BusType, Message, MessageType, PropertyAccess, Variant
+from dbus_next.aio import MessageBus
+from dbus_next.errors import DBusError
+from dbus_next.service import ServiceInterface, dbus_property, method, signal
+
+from .errors import CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.darkkitchen.Shoutd"
+OBJECT_PATH = "/org/darkkitchen/Shoutd"
+INTERFACE = "org.darkkitchen.Shoutd"
+ERROR = "org.darkkitchen.Shoutd.Error."
+MUTATING = {"AddPeer", "RemovePeer"}
+_BY_KIND = {INVALID: "InvalidArgument", CONFLICT: "Conflict", NOT_FOUND: "NotFound", UNAVAILABLE: "NoQuorum"}
+
+
+def dbus_error(e):
+    if isinstance(e, ShoutdError):
+        return DBusError(ERROR + (e.name or _BY_KIND.get(e.kind, "Failed")), e.message)
+    log.exception("bug in a D-Bus method", exc_info=e)
+    return DBusError(ERROR + "Failed", "internal error: %s (see the shoutd log)" % e)
+
+
+def status_variant(st):
+    members = [[m["address"], m["vtep"], m["hostname"], m["state"]] for m in st["members"]]
+    networks = [[n["name"], n["subnet"], n["vni"], n["endpoints"]] for n in st["networks"]]
+    return {"Self": Variant("s", st["self"]), "Leader": Variant("s", st["leader"]),
+            "Term": Variant("t", int(st["term"] or 0)), "Quorum": Variant("b", st["quorum"]),
+            "Ready": Variant("b", st["ready"]), "Members": Variant("a(ssss)", members),
+            "Networks": Variant("a(ssuu)", networks)}
+
+
+class ShoutdInterface(ServiceInterface):
+    def __init__(self, service):
+        super().__init__(INTERFACE)
+        self.service = service
+        self._last = self._snapshot()
+
+    # Reached only through Gate, after the caller was found to be root.
+    async def checked(self, member, address):
+        try:
+            if member == "AddPeer":
+                await self.service.add_peer(address)
+            else:
+                await self.service.remove_peer(address)
+        except Exception as e:  # noqa: BLE001 - the boundary
+            raise dbus_error(e) from None
+
+    @method()
+    async def AddPeer(self, address: "s"):  # noqa: F821 - D-Bus signature
+        """Add the host at ADDRESS (ip or ip:port) to the cluster."""
+        raise DBusError(ERROR + "AccessDenied", "the caller could not be verified")
+
+    @method()
+    async def RemovePeer(self, address: "s"):  # noqa: F821
+        """Remove the host at ADDRESS from the cluster."""
+        raise DBusError(ERROR + "AccessDenied", "the caller could not be verified")
+
+    @method()
+    def Status(self) -> "a{sv}":  # noqa: F821
+        try:
+            return status_variant(self.service.status())
+        except Exception as e:  # noqa: BLE001
+            raise dbus_error(e) from None
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Leader(self) -> "s":  # noqa: F821
+        return self._last["leader"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Peers(self) -> "as":  # noqa: F821
+        return self._last["peers"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Networks(self) -> "as":  # noqa: F821
+        return self._last["networks"]
+
+    @signal()
+    def PeerJoined(self, address) -> "s":  # noqa: F821
+        return address
+
+    @signal()
+    def PeerLeft(self, address) -> "s":  # noqa: F821
+        return address
+
+    @signal()
+    def LeaderChanged(self, leader) -> "s":  # noqa: F821
+        return leader
+
+    def _snapshot(self):
+        st = self.service.status()
+        return {"leader": st["leader"], "peers": [m["address"] for m in st["members"]],
+                "networks": sorted(n["name"] or n["subnet"] for n in st["networks"])}
+
+    def refresh(self):
+        """Announce what changed; called on the loop after each state change."""
+        new = self._snapshot()
+        old, self._last = self._last, new
+        changed = {}
+        if new["leader"] != old["leader"]:
+            changed["Leader"] = new["leader"]
+            self.LeaderChanged(new["leader"])
+        if new["peers"] != old["peers"]:
+            changed["Peers"] = new["peers"]
+            for p in sorted(set(new["peers"]) - set(old["peers"])):
+                self.PeerJoined(p)
+            for p in sorted(set(old["peers"]) - set(new["peers"])):
+                self.PeerLeft(p)
+        if new["networks"] != old["networks"]:
+            changed["Networks"] = new["networks"]
+        if changed:
+            self.emit_properties_changed(changed)
+
+
+class Gate:
+    """Runs AddPeer/RemovePeer only for root, whatever the bus policy says."""
+
+    def __init__(self, bus, iface):
+        self.bus = bus
+        self.iface = iface
+
+    def __call__(self, msg):
+        if (msg.message_type != MessageType.METHOD_CALL or msg.interface != INTERFACE
+                or msg.member not in MUTATING or msg.path != OBJECT_PATH):
+            return None
+        asyncio.ensure_future(self._run(msg))
+        return True
+
+    async def _run(self, msg):
+        try:
+            if msg.signature != "s":
+                raise DBusError(ERROR + "InvalidArgument", "%s takes one string, the address" % msg.member)
+            reply = await self.bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                                interface="org.freedesktop.DBus", member="GetConnectionUnixUser",
+                                                signature="s", body=[msg.sender]))
+            if reply.message_type != MessageType.METHOD_RETURN or reply.body[0] != 0:
+                log.warning("%s refused: caller %s is not root", msg.member, msg.sender)
+                raise DBusError(ERROR + "AccessDenied", "%s changes the cluster and is for root only; "
+                                "run it with sudo" % msg.member)
+            await self.iface.checked(msg.member, msg.body[0])
+            answer = Message.new_method_return(msg)
+        except DBusError as e:
+            answer = Message.new_error(msg, e.type, e.text)
+        except Exception as e:  # noqa: BLE001
+            err = dbus_error(e)
+            answer = Message.new_error(msg, err.type, err.text)
+        if not msg.flags & 0x1:        # NO_REPLY_EXPECTED
+            self.bus.send(answer)
+
+
+async def serve(service, address=None):
+    """Connect, export and own the name; returns (bus, interface)."""
+    bus = await (MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SYSTEM)).connect()
+    iface = ShoutdInterface(service)
+    bus.add_message_handler(Gate(bus, iface))
+    bus.export(OBJECT_PATH, iface)
+    await bus.request_name(BUS_NAME)
+    return bus, iface

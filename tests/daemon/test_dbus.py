@@ -1,0 +1,102 @@
+"""D-Bus control of a real shoutd on a private, system-like bus; clusters formed with AddPeer."""
+
+import json
+import time
+
+from .conftest import status
+
+NOBODY = 65534
+CALL = ["call", "org.darkkitchen.Shoutd", "/org/darkkitchen/Shoutd", "org.darkkitchen.Shoutd"]
+
+
+def wait(pred, timeout=30):
+    deadline = time.time() + timeout
+    while not pred():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_anyone_reads_status_only_root_changes_anything(world):
+    bus = world.bus()
+    world.host().start(world.secret(), bus)
+    st = status(bus)
+    assert st["Self"] == "198.20.0.1:7380" and st["Leader"] == st["Self"] and st["Quorum"] is True
+    assert st["Members"] == [["198.20.0.1:7380", "198.20.0.1", st["Members"][0][2], "leader"]]
+
+    as_nobody = bus.busctl(*CALL, "Status", user=NOBODY)
+    assert "Self" in as_nobody.stdout
+    denied = bus.busctl(*CALL, "AddPeer", "s", "198.20.0.9", user=NOBODY, check=False)
+    assert denied.returncode != 0 and "Access denied" in denied.stderr, denied.stderr
+
+    bad = bus.busctl(*CALL, "AddPeer", "s", "not-an-address", check=False)
+    assert bad.returncode != 0 and "not a host address" in bad.stderr and "Traceback" not in bad.stderr
+    mine = bus.busctl(*CALL, "RemovePeer", "s", "198.20.0.1", check=False)
+    assert "this host" in mine.stderr
+    again = bus.busctl(*CALL, "AddPeer", "s", "198.20.0.1:7380", check=False)
+    assert "already a member" in again.stderr
+
+
+def test_the_daemon_checks_the_caller_even_if_the_policy_lets_everyone_in(world):
+    bus = world.bus(permissive=True)
+    world.host().start(world.secret(), bus)
+    denied = bus.busctl(*CALL, "AddPeer", "s", "198.20.0.9", user=NOBODY, check=False)
+    assert denied.returncode != 0 and "for root only" in denied.stderr, denied.stderr
+    mon = bus.busctl("--json=short", "call", "org.darkkitchen.Shoutd", "/org/darkkitchen/Shoutd",
+                     "org.freedesktop.DBus.Properties", "Get", "ss", "org.darkkitchen.Shoutd", "Peers")
+    assert json.loads(mon.stdout)["data"][0]["data"] == ["198.20.0.1:7380"], "nothing was added"
+
+
+def test_introspection_shows_the_documented_interface(world):
+    bus = world.bus()
+    world.host().start(world.secret(), bus)
+    out = bus.busctl("introspect", "org.darkkitchen.Shoutd", "/org/darkkitchen/Shoutd", user=NOBODY).stdout
+    for member, kind, sig in (("AddPeer", "method", "s"), ("RemovePeer", "method", "s"),
+                              ("Status", "method", "-"), ("Leader", "property", "s"),
+                              ("Peers", "property", "as"), ("Networks", "property", "as"),
+                              ("PeerJoined", "signal", "s"), ("PeerLeft", "signal", "s"),
+                              ("LeaderChanged", "signal", "s")):
+        line = next((l for l in out.splitlines() if l.startswith("." + member)), "")
+        assert kind in line and sig in line, (member, out)
+
+
+def test_addpeer_forms_a_cluster_and_removepeer_shrinks_it(world):
+    secret = world.secret()
+    bus_a, bus_b = world.bus(), world.bus()
+    a = world.host().start(secret, bus_a)
+    b = world.host().start(secret, bus_b)          # a lone one-node cluster, until asked
+    bus_a.busctl(*CALL, "AddPeer", "s", b.ip)
+    both = ["198.20.0.1:7380", "198.20.0.2:7380"]
+    wait(lambda: sorted(m[0] for m in status(bus_a)["Members"]) == both)
+    wait(lambda: sorted(m[0] for m in status(bus_b)["Members"]) == both)
+    wait(lambda: all(m[3] in ("leader", "connected", "self") for m in status(bus_a)["Members"])
+         and status(bus_a)["Leader"] == status(bus_b)["Leader"] != "")
+    # b registered its VTEP in the shared state: a sees its address.
+    wait(lambda: any(m[1] == b.ip for m in status(bus_a)["Members"]))
+    b.wait_log("joining the cluster of 198.20.0.1:7380")
+
+    # A host with another secret can neither join nor be joined.
+    c = world.host().start(world.secret("other-secret"), world.bus())
+    wrong = bus_a.busctl(*CALL, "AddPeer", "s", c.ip, check=False)
+    assert wrong.returncode != 0 and "same cluster secret" in wrong.stderr, wrong.stderr
+    assert sorted(m[0] for m in status(bus_a)["Members"]) == both
+
+    bus_a.busctl(*CALL, "RemovePeer", "s", b.ip)
+    wait(lambda: [m[0] for m in status(bus_a)["Members"]] == ["198.20.0.1:7380"])
+    assert status(bus_a)["Quorum"] is True
+
+
+def test_shoutdctl_tables_json_and_exit_codes(world):
+    bus = world.bus()
+    res = bus.ctl("status")
+    assert res.returncode == 3 and "not running" in res.stderr
+    world.host().start(world.secret(), bus)
+    res = bus.ctl("status")
+    assert res.returncode == 0 and "MEMBER" in res.stdout and "198.20.0.1:7380" in res.stdout
+    res = bus.ctl("--json", "peers")
+    assert res.returncode == 0 and json.loads(res.stdout)[0]["address"] == "198.20.0.1:7380"
+    assert json.loads(bus.ctl("--json", "networks").stdout) == []
+    res = bus.ctl("peers", "add", "198.20.0.7", user=NOBODY)
+    assert res.returncode == 4 and "root" in res.stderr, res.stderr
+    res = bus.ctl("peers", "add", "bogus")
+    assert res.returncode == 1 and "not a host address" in res.stderr
+    assert bus.ctl("peers", "add").returncode == 2

@@ -1,0 +1,84 @@
+"""systemd integration without a boot: socket activation, sd_notify, the plugin socket's mode."""
+
+import json
+import os
+import socket
+import stat
+import time
+
+
+def plugin_call(path, method, body=b"", timeout=30):
+    """One HTTP POST over the unix socket, as Docker's plugin client sends it."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(path)
+    s.sendall(b"POST /%s HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\n"
+              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (method.encode(), len(body), body))
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+def test_socket_activation_first_call_starts_the_daemon(world):
+    h = world.host()
+    sock = os.path.join(h.dir, "activated.sock")
+    h.start(world.secret(), wrap=["systemd-socket-activate", "-l", sock], wait=False)
+    deadline = time.time() + 10
+    while not os.path.exists(sock):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert not os.path.exists(h.log) or "serving" not in open(h.log).read(), "nothing runs before a call"
+    status, reply = plugin_call(sock, "Plugin.Activate")      # this call starts shoutd
+    assert status == 200 and reply == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    log = h.wait_log("registered;")
+    assert "on the socket passed by systemd" in log
+    assert not os.path.exists(os.path.join(h.dir, "plugins/shoutd.sock")), "no second socket of its own"
+    status, reply = plugin_call(sock, "IpamDriver.RequestPool", b"{broken")
+    assert status == 400 and "not valid JSON" in reply["Err"]
+
+
+def test_own_socket_is_not_world_writable(world):
+    h = world.host().start(world.secret())
+    mode = stat.S_IMODE(os.stat(os.path.join(h.dir, "plugins/shoutd.sock")).st_mode)
+    assert mode & 0o007 == 0, oct(mode)
+
+
+def test_notify_ready_status_and_watchdog(world):
+    h = world.host()
+    path = os.path.join(h.dir, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(1.0)
+    h.start(world.secret(), peers=["198.20.0.99"],       # a peer that never comes: no leader yet
+            env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}, wait=False)
+    messages = []
+
+    def collect(seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                messages.extend(sock.recv(4096).decode().split("\n"))
+            except socket.timeout:
+                pass
+    collect(4)
+    assert any(m.startswith("STATUS=waiting for a Raft leader") for m in messages), messages
+    assert "READY=1" not in messages, "not ready without a leader"
+    assert "WATCHDOG=1" in messages, "the watchdog is fed while waiting"
+    h.stop()
+
+    messages.clear()
+    h.start(world.secret("solo"), env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}, wait=False)
+    collect(4)
+    assert "READY=1" in messages, messages
+    ready_at = messages.index("READY=1")
+    assert any(m.startswith("STATUS=leader 198.20.0.1:7380") for m in messages[ready_at - 1:]), messages
+    assert messages[ready_at:].count("WATCHDOG=1") >= 2
+    h.stop()
+    collect(1)
+    assert "STOPPING=1" in messages
