@@ -107,13 +107,11 @@ def docker_run(lab, rounds):
 
 
 def memory(lab):
+    """VmRSS of each shoutd (nsenter execs it, so the Popen pid is shoutd's)."""
     rss = {}
     for h in lab.hosts:
-        pids = sh("pgrep -f 'shoutd --config %s'" % h.dir, check=False).stdout.split()
-        for pid in pids:
-            status = open("/proc/%s/status" % pid).read()
-            if "python" in open("/proc/%s/cmdline" % pid).read():
-                rss["host%d" % h.n] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+        with open("/proc/%d/status" % h.shoutd.pid) as f:
+            rss["host%d" % h.n] = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
     return rss
 
 

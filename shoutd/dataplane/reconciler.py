@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import ShoutdError
+from . import firewall
 from .desired import BRIDGE_PREFIX, HOST_VETH_PREFIX, OWNED, PEER_VETH_PREFIX, VXLAN_OVERHEAD, VXLAN_PREFIX, desired
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ def apply(nl, networks, endpoints, underlay):
     for name in sorted(stale, key=lambda n: order[n[:3]]):
         log.info("removing %s: no longer in the cluster state", name)
         nl.delete(name)
+    if networks:
+        firewall.ensure_forward_accept()
 
 
 class Reconciler:

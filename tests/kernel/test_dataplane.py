@@ -209,3 +209,32 @@ def test_containers_on_two_hosts_talk_l2_through_the_reconciled_kernel(hosts):
     a.reconcile(state, "a")
     assert a.snapshot() == before
     sh("ip netns exec %s busybox ping -c 1 -W 2 10.50.0.11" % containers[0])
+
+
+def test_bridged_traffic_is_let_past_iptables_when_br_netfilter_is_on(hosts):
+    """Docker's FORWARD policy DROP must not eat frames our bridges forward."""
+    a, b = hosts
+    if sh("which iptables", check=False).strip() == "" or \
+            not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        sh("modprobe br_netfilter", check=False)
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        pytest.skip("br_netfilter is not available")
+    eps = [("3" * 64, "a", "10.50.0.20"), ("4" * 64, "b", "10.50.0.21")]
+    state = cluster_state(eps)
+    for h in hosts:
+        sh("ip netns exec %s sysctl -qw net.bridge.bridge-nf-call-iptables=1" % h.name)
+        sh("ip netns exec %s iptables -P FORWARD DROP" % h.name)
+    a.reconcile(state, "a")
+    b.reconcile(state, "b")
+    rules = sh("ip netns exec %s iptables -S FORWARD" % a.name)
+    assert "-i shb+ -o shb+" in rules and rules.count("shoutd") == 1
+    a.reconcile(state, "a")
+    assert sh("ip netns exec %s iptables -S FORWARD" % a.name).count("shoutd") == 1, "added once"
+    c = "%s-c0" % a.name
+    d = "%s-c1" % a.name
+    for ns, (ep, _, ip), host in ((c, eps[0], a), (d, eps[1], b)):
+        sh("ip netns add " + ns)
+        sh("ip -n %s link set shc%s netns %s name eth0" % (host.name, ep[:12], ns))
+        sh("ip -n %s addr add %s/24 dev eth0" % (ns, ip))
+        sh("ip -n %s link set eth0 up" % ns)
+    sh("ip netns exec %s busybox ping -c 2 -W 2 10.50.0.21" % c)
