@@ -119,7 +119,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--parts", default="tcp,multicast,run", help="comma-separated: tcp, multicast, run")
     args = p.parse_args()
+    parts = set(args.parts.split(","))
+    med = raw = mc = run = None
     lab = Lab(3, prefix="bn")
     try:
         lab.up()
@@ -127,21 +130,26 @@ def main():
         lab.hosts[0].docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", "bench")
         for h in lab.hosts:
             wait_for(lambda h=h: "bench" in h.docker("network", "ls").stdout)
-        med, raw = tcp(lab, args.rounds, args.seconds)
-        mc = multicast(lab, args.seconds * 2)
-        run = docker_run(lab, args.rounds * 2)
+        if "tcp" in parts:
+            med, raw = tcp(lab, args.rounds, args.seconds)
+        if "multicast" in parts:
+            mc = multicast(lab, args.seconds * 2)
+        if "run" in parts:
+            run = docker_run(lab, args.rounds * 2)
         mem = memory(lab)
     finally:
         lab.down()
     print("\n== shoutd benchmark (%d rounds of %d s, alternating) ==" % (args.rounds, args.seconds))
-    for k, v in raw.items():
-        print("TCP %-8s Mbit/s: %s (median %.0f)" % (k, ", ".join("%.0f" % x for x in v), med[k]))
-    print("TCP shoutd / host-to-host underlay   : %.3f  (goal >= 0.85)" % (med["shoutd"] / med["underlay"]))
-    print("TCP shoutd / hand-built VXLAN+bridge : %.3f  (goal >= 0.97)" % (med["shoutd"] / med["hand"]))
-    for host, (lost, total, pct) in mc.items():
+    if raw:
+        for k, v in raw.items():
+            print("TCP %-8s Mbit/s: %s (median %.0f)" % (k, ", ".join("%.0f" % x for x in v), med[k]))
+        print("TCP shoutd / host-to-host underlay   : %.3f  (goal >= 0.85)" % (med["shoutd"] / med["underlay"]))
+        print("TCP shoutd / hand-built VXLAN+bridge : %.3f  (goal >= 0.97)" % (med["shoutd"] / med["hand"]))
+    for host, (lost, total, pct) in (mc or {}).items():
         print("multicast 100 Mbit/s to %s: %d/%d lost = %.3f%%  (goal 0)" % (host, lost, total, pct))
-    print("docker run median: shoutd %.3f s, local bridge %.3f s, ratio %.2f  (goal <= 1.3)"
-          % (run["shoutd"], run["bridge"], run["shoutd"] / run["bridge"]))
+    if run:
+        print("docker run median: shoutd %.3f s, local bridge %.3f s, ratio %.2f  (goal <= 1.3)"
+              % (run["shoutd"], run["bridge"], run["shoutd"] / run["bridge"]))
     print("shoutd resident memory: " + ", ".join("%s %.1f MiB" % kv for kv in sorted(mem.items())))
 
 

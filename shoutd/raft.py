@@ -121,6 +121,16 @@ class RaftNode:
             fullDumpFile=self._dump,
             useFork=False,             # forking a threaded process can deadlock
             commandsWaitLeader=True,
+            # Every container start and stop commits several commands, so
+            # commit latency is what `docker run` feels.  Send each command
+            # at once and wake the tick thread when one is queued (no batch),
+            # tick every 10 ms, and heartbeat every 25 ms: a follower's ack in
+            # PySyncObj lags one entry behind, so a commit waits for the next
+            # heartbeat.  Costs about 1% of a core per idle node; measured
+            # 105 ms -> 24 ms per commit on three nodes.
+            appendEntriesUseBatch=False,
+            autoTickPeriod=0.01,
+            appendEntriesPeriod=0.025,
             onStateChanged=lambda old, new: self._changed(),
             connectionRetryTime=1.0,
             raftMinTimeout=0.4,

@@ -220,7 +220,8 @@ class Service:
             return
         await self._submit(op="endpoint_remove", endpoint=endpoint_id)
         log.info("endpoint %s %s removed", endpoint_id[:12], ep["ip"])
-        await self.reconciler.sync()
+        # Nothing waits on the veth's removal, so Docker need not either.
+        self.reconciler.kick()
 
     async def join(self, docker_id, endpoint_id, sandbox_key):
         ep = self.state().endpoints.get(endpoint_id)

@@ -155,6 +155,9 @@ class Host:
         peers = [h.ip for h in self.lab.hosts if h is not self]
         conf = self.write_config(peers)
         self.starts += 1
+        if os.environ.get("SHOUTD_LAB_DEBUG"):
+            with open(conf, "a") as f:
+                f.write("log_level = debug\n")
         out = open(self.log, "ab")
         env = dict(os.environ, PYTHONPATH=ROOT)
         self.shoutd = subprocess.Popen(
@@ -237,7 +240,10 @@ class Lab:
 
     def down_network(self):
         for n in range(1, 10):
-            sh("ip netns del %sh%d" % (self.prefix, n), check=False)
+            name = "%sh%d" % (self.prefix, n)
+            # A process left in the namespace (an iperf daemon) would keep it alive.
+            sh("ip netns pids %s | xargs -r kill -9" % name, check=False)
+            sh("ip netns del %s" % name, check=False)
         sh("ip link del %s" % self.underlay, check=False)
 
     def down(self):

@@ -34,6 +34,9 @@ class FakeReconciler:
     async def sync(self, timeout=30.0):
         self.passes += 1
 
+    def kick(self):
+        self.passes += 1
+
 
 class Config:
     default_pool = "10.213.0.0/16"

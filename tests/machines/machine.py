@@ -1,0 +1,134 @@
+"""Real systemd hosts for the package tests: Debian bookworm booted in systemd-nspawn.
+
+Recipe (shared/LAB.md, section 3): debootstrap a minimal bookworm, install
+docker.io and *our .deb* with apt inside a chroot (so apt resolves its
+Debian dependencies), give each copy its own address through
+systemd-networkd, then boot each copy with systemd as PID 1 on one bridge.
+Commands run inside with `nsenter -t PID -a`, PID being the machine's systemd.
+The base tree is cached between runs (keyed by the .deb's content).
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+
+CACHE = "/var/tmp/shoutd-machines"
+MIRROR = "http://deb.debian.org/debian"
+BASE_PACKAGES = "systemd,systemd-sysv,dbus,iproute2,ca-certificates"
+
+
+def sh(cmd, check=True, timeout=900, **kw):
+    res = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and res.returncode:
+        raise RuntimeError("%s failed (%d):\n%s\n%s" % (cmd, res.returncode, res.stdout[-3000:], res.stderr[-3000:]))
+    return res
+
+
+def debootstrap():
+    base = os.path.join(CACHE, "debootstrap")
+    if not os.path.exists(os.path.join(base, ".complete")):
+        shutil.rmtree(base, ignore_errors=True)
+        os.makedirs(CACHE, exist_ok=True)
+        sh(["debootstrap", "--variant=minbase", "--include=" + BASE_PACKAGES, "bookworm", base, MIRROR],
+           timeout=1800)
+        open(os.path.join(base, ".complete"), "w").close()
+    return base
+
+
+def chroot(root, cmd, **kw):
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+    return sh(["chroot", root, "sh", "-c", cmd], env=env, **kw)
+
+
+def installed_tree(deb, image_tar):
+    """The bootstrapped tree plus docker.io and shoutd, installed by apt."""
+    digest = hashlib.sha256(open(deb, "rb").read()).hexdigest()[:12]
+    tree = os.path.join(CACHE, "installed-" + digest)
+    if os.path.exists(os.path.join(tree, ".complete")):
+        return tree, open(os.path.join(tree, ".apt-log")).read()
+    base = debootstrap()
+    for old in os.listdir(CACHE):
+        if old.startswith("installed-"):
+            shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
+    sh(["cp", "-a", base, tree])
+    shutil.copy("/etc/resolv.conf", os.path.join(tree, "etc/resolv.conf"))
+    shutil.copy(deb, os.path.join(tree, "root", os.path.basename(deb)))
+    shutil.copy(image_tar, os.path.join(tree, "root/image.tar"))
+    for d in ("proc", "sys", "dev"):
+        sh(["mount", "--bind", "/" + d, os.path.join(tree, d)])
+    try:
+        chroot(tree, "apt-get update -q")
+        chroot(tree, "apt-get install -y -q --no-install-recommends docker.io iptables busybox-static", timeout=1800)
+        log = chroot(tree, "apt-get install -y -q ./root/%s" % os.path.basename(deb), timeout=1800).stdout
+    finally:
+        for d in ("dev", "sys", "proc"):
+            sh(["umount", "-l", os.path.join(tree, d)], check=False)
+    chroot(tree, "systemctl enable systemd-networkd systemd-networkd-wait-online")
+    with open(os.path.join(tree, ".apt-log"), "w") as f:
+        f.write(log)
+    open(os.path.join(tree, ".complete"), "w").close()
+    return tree, log
+
+
+class Machine:
+    def __init__(self, tree, name, bridge, ip, gateway, workdir):
+        self.name, self.ip, self.bridge = name, ip, bridge
+        self.root = os.path.join(workdir, name)
+        self.proc = None
+        self.pid = None
+        sh(["cp", "-a", tree, self.root])
+        with open(os.path.join(self.root, "etc/hostname"), "w") as f:
+            f.write(name + "\n")
+        open(os.path.join(self.root, "etc/machine-id"), "w").close()
+        with open(os.path.join(self.root, "etc/systemd/network/80-host0.network"), "w") as f:
+            f.write("[Match]\nName=host0\n\n[Network]\nAddress=%s/24\nGateway=%s\n" % (ip, gateway))
+
+    def write(self, path, text, mode=0o644):
+        full = os.path.join(self.root, path.lstrip("/"))
+        with open(full, "w") as f:
+            f.write(text)
+        os.chmod(full, mode)
+
+    def boot(self):
+        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+        self.log = open(self.root + ".console", "wb")
+        self.proc = subprocess.Popen(
+            ["systemd-nspawn", "-D", self.root, "--boot", "--register=no", "--keep-unit", "-M", self.name,
+             "--network-bridge=" + self.bridge, "--capability=all", "--system-call-filter=@keyring bpf"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_booted(self, timeout=180):
+        deadline = time.time() + timeout
+        while self.pid is None:
+            children = sh(["pgrep", "-P", str(self.proc.pid)], check=False).stdout.split()
+            if children:
+                self.pid = int(children[0])
+            elif self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("%s did not boot:\n%s" % (self.name, open(self.root + ".console").read()[-3000:]))
+            time.sleep(0.2)
+        while True:
+            state = self.run("systemctl is-system-running", check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return state
+            if time.time() > deadline:
+                raise RuntimeError("%s stuck in %s:\n%s" % (self.name, state,
+                                   self.run("systemctl --failed --no-pager", check=False).stdout))
+            time.sleep(0.5)
+
+    def run(self, cmd, check=True, timeout=300, user=None):
+        prefix = ["setpriv", "--reuid=%d" % user, "--regid=%d" % user, "--clear-groups"] if user else []
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+        return sh(["nsenter", "-t", str(self.pid), "-a"] + prefix + ["sh", "-c", cmd], check=check,
+                  timeout=timeout, env=env)
+
+    def poweroff(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()          # systemd-nspawn asks the machine to power off
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

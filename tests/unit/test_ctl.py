@@ -1,0 +1,34 @@
+"""shoutdctl without a daemon: the seed's `start` convenience and usage errors."""
+
+import configparser
+
+from shoutd import ctl
+
+
+def test_start_writes_the_config_keeping_other_settings(tmp_path, capsys):
+    conf = tmp_path / "shoutd.conf"
+    conf.write_text("[shoutd]\nvxlan_port = 4790\npeers = 10.0.0.9\n")
+    code = ctl.main(["start", "192.0.2.11", "--peer-addresses=192.0.2.12,192.0.2.13:7000",
+                     "--config", str(conf), "--no-start"])
+    assert code == 0
+    cp = configparser.ConfigParser()
+    cp.read(conf)
+    assert cp.get("shoutd", "advertise_address") == "192.0.2.11"
+    assert cp.get("shoutd", "peers") == "192.0.2.12, 192.0.2.13:7000"
+    assert cp.get("shoutd", "vxlan_port") == "4790"
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_start_refuses_bad_addresses_with_the_usage_code(tmp_path, capsys):
+    code = ctl.main(["start", "not-an-ip", "--config", str(tmp_path / "c"), "--no-start"])
+    assert code == ctl.USAGE and "bad address" in capsys.readouterr().err
+    code = ctl.main(["start", "192.0.2.1", "--peer-addresses=x.y", "--config", str(tmp_path / "c"), "--no-start"])
+    assert code == ctl.USAGE
+
+
+def test_error_names_map_to_exit_codes():
+    assert ctl._code_for("org.freedesktop.DBus.Error.ServiceUnknown") == ctl.NOT_RUNNING
+    assert ctl._code_for("org.freedesktop.DBus.Error.AccessDenied") == ctl.DENIED
+    assert ctl._code_for("org.darkkitchen.Shoutd.Error.AccessDenied") == ctl.DENIED
+    assert ctl._code_for("org.darkkitchen.Shoutd.Error.NoQuorum") == ctl.NO_QUORUM
+    assert ctl._code_for("org.darkkitchen.Shoutd.Error.AlreadyMember") == ctl.REFUSED
