@@ -8,11 +8,13 @@ replicated state: the kernel reconciler and the Docker network mirror.
 """
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 
 from aiohttp import web
 
@@ -39,16 +41,27 @@ def setup_logging(level):
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format=fmt)
 
 
-def find_underlay(worker, cfg):
-    if not cfg.advertise_address:
-        cfg.advertise_address = worker.call(lambda nl: nl.default_route_address()) or ""
+def find_underlay(worker, cfg, notifier, wait=60.0):
+    """The underlay interface; at boot the network may still be coming up, so wait a while."""
+    deadline = time.monotonic() + wait
+    address = cfg.advertise_address
+    while True:
         if not cfg.advertise_address:
-            raise ShoutdError("this host has no IPv4 default route to take the advertise address "
-                              "from; set advertise_address in shoutd.conf or pass --advertise-address")
-    found = worker.call(lambda nl: nl.underlay(cfg.advertise_address))
-    if found is None:
-        raise ShoutdError("advertise address %s is not an address of this host; set "
-                          "advertise_address to one of its IPv4 addresses" % cfg.advertise_address)
+            address = worker.call(lambda nl: nl.default_route_address())
+        found = worker.call(lambda nl: nl.underlay(address)) if address else None
+        if found is not None:
+            break
+        if not address:
+            problem = ("this host has no IPv4 default route to take the advertise address from; "
+                       "set advertise_address in shoutd.conf or pass --advertise-address")
+        else:
+            problem = ("advertise address %s is not an address of this host; set advertise_address "
+                       "to one of its IPv4 addresses" % address)
+        if time.monotonic() > deadline:
+            raise ShoutdError(problem)
+        notifier.waiting("waiting for the network: " + problem.split(";")[0])
+        time.sleep(1.0)
+    cfg.advertise_address = address
     index, name, mtu = found
     log.info("underlay %s (MTU %d, containers get MTU %d), VTEP %s:%d", name, mtu, mtu - 50,
              cfg.advertise_address, cfg.vxlan_port)
@@ -83,6 +96,25 @@ def plugin_socket(cfg):
     return sock, True
 
 
+MEMBERS_FILE = "members.json"
+
+
+def load_members(state_dir):
+    try:
+        with open(os.path.join(state_dir, MEMBERS_FILE)) as f:
+            members = json.load(f)
+        return sorted(m for m in members if isinstance(m, str))
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def save_members(state_dir, members):
+    path = os.path.join(state_dir, MEMBERS_FILE)
+    with open(path + ".new", "w") as f:
+        json.dump(members, f)
+    os.replace(path + ".new", path)
+
+
 class Daemon:
     def __init__(self, cfg, raft, worker, underlay, notifier):
         self.cfg = cfg
@@ -98,6 +130,7 @@ class Daemon:
         self.service = Service(raft, self.reconciler, self.node, cfg,
                                on_network_changed=lambda _id: self.mirror.kick(delay=0.5))
         self.dbus = None
+        self.known_members = load_members(cfg.state_dir)
         raft.loop = self.loop
         raft.on_change(lambda: self.loop.call_soon_threadsafe(self.changed))
         raft.on_join = lambda members: asyncio.ensure_future(self.join(members))
@@ -107,11 +140,26 @@ class Daemon:
         return self.raft.state() if self.raft.status()["ready"] else None
 
     def changed(self):
+        self.remember_members()
         self.reconciler.kick()
         self.mirror.kick()
         self.notifier.status(self.raft.status())
         if self.dbus is not None:
             self.dbus[1].refresh()
+
+    def remember_members(self):
+        """Keep the current membership on disk for the next start.
+
+        PySyncObj replays membership *changes* from its journal on top of
+        the nodes it is started with, so a host that joined through AddPeer
+        would come back knowing only the members added after the first one.
+        """
+        st = self.raft.status()
+        members = sorted(st["nodes"])
+        if st["leader"] is None or members == self.known_members:
+            return
+        self.known_members = members
+        save_members(self.cfg.state_dir, members)
 
     async def join(self, members):
         """Another member ran AddPeer for this host: become part of its cluster."""
@@ -183,20 +231,23 @@ def main(argv=None):
     raft = None
     try:
         worker = Worker()
-        underlay = find_underlay(worker, cfg)
+        notifier = Notifier()
+        underlay = find_underlay(worker, cfg, notifier)
         peers = cfg.peer_addresses()
-        secret, from_file = configmod.read_secret(cfg, multi_host=bool(peers))
+        remembered = [m for m in load_members(cfg.state_dir) if m != cfg.raft_address]
+        secret, from_file = configmod.read_secret(cfg, multi_host=bool(peers or remembered))
         if not from_file:
             log.info("no cluster secret at %s: this single host uses a random one; create the file "
                      "before adding peers", cfg.secret_file)
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        peers = sorted(set(peers) | set(remembered))
         log.info("member %s, peers: %s", cfg.raft_address, ", ".join(peers) or "none (single host)")
         raft = RaftNode(cfg.raft_address, peers, secret,
                         journal=os.path.join(cfg.state_dir, "raft.journal"),
                         dump=os.path.join(cfg.state_dir, "raft.dump"))
 
         async def run():
-            await Daemon(cfg, raft, worker, underlay, Notifier()).run()
+            await Daemon(cfg, raft, worker, underlay, notifier).run()
         asyncio.run(run())
         return 0
     except ShoutdError as e:

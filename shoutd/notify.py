@@ -32,6 +32,15 @@ class Notifier:
     def _send(self, text):
         self._sd.notify(text)
 
+    def waiting(self, text):
+        """Before the event loop runs: say what we wait for, once per change."""
+        if text != self._last:
+            self._last = text
+            self._send("STATUS=" + text)
+            log.info("%s", text)
+        if os.environ.get("WATCHDOG_USEC") and os.environ.get("WATCHDOG_PID") in (None, str(os.getpid())):
+            self._send("WATCHDOG=1")
+
     def status(self, status):
         text = describe(status)
         if text != self._last:

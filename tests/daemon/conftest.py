@@ -106,6 +106,7 @@ class Host:
         self.dir = os.path.join(tmp, self.name)
         os.makedirs(self.dir)
         self.proc = None
+        self.starts = 0
         self.log = os.path.join(self.dir, "shoutd.log")
         sh("ip netns add " + self.name)
         sh("ip link add %s type veth peer name eth0 netns %s" % (self.name, self.name))
@@ -125,16 +126,18 @@ class Host:
         full_env = bus.env() if bus else dict(os.environ, PYTHONPATH=ROOT)
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=full_env)
+        self.starts += 1
         if wait:
-            self.wait_log("registered;")
+            self.wait_log("registered;", times=self.starts)
+            self.wait_log("D-Bus: " if bus else "registered;", times=self.starts)
         return self
 
-    def wait_log(self, text, timeout=30):
+    def wait_log(self, text, timeout=30, times=1):
         deadline = time.time() + timeout
         while True:
             with open(self.log) as f:
                 content = f.read()
-            if text in content:
+            if content.count(text) >= times:
                 return content
             if self.proc.poll() is not None or time.time() > deadline:
                 raise AssertionError("no %r in the log of %s:\n%s" % (text, self.name, content[-3000:]))

@@ -74,6 +74,12 @@ def test_addpeer_forms_a_cluster_and_removepeer_shrinks_it(world):
     wait(lambda: any(m[1] == b.ip for m in status(bus_a)["Members"]))
     b.wait_log("joining the cluster of 198.20.0.1:7380")
 
+    # A host that joined through AddPeer comes back into the same cluster after a restart.
+    b.stop()
+    b.start(secret, bus_b)
+    wait(lambda: sorted(m[0] for m in status(bus_b)["Members"]) == both)
+    wait(lambda: status(bus_b)["Leader"] == status(bus_a)["Leader"] != "" and status(bus_b)["Ready"])
+
     # A host with another secret can neither join nor be joined.
     c = world.host().start(world.secret("other-secret"), world.bus())
     wrong = bus_a.busctl(*CALL, "AddPeer", "s", c.ip, check=False)

@@ -82,7 +82,7 @@ class Machine:
         with open(os.path.join(self.root, "etc/hostname"), "w") as f:
             f.write(name + "\n")
         open(os.path.join(self.root, "etc/machine-id"), "w").close()
-        with open(os.path.join(self.root, "etc/systemd/network/80-host0.network"), "w") as f:
+        with open(os.path.join(self.root, "etc/systemd/network/10-host0.network"), "w") as f:
             f.write("[Match]\nName=host0\n\n[Network]\nAddress=%s/24\nGateway=%s\n" % (ip, gateway))
 
     def write(self, path, text, mode=0o644):
@@ -99,22 +99,33 @@ class Machine:
              "--network-bridge=" + self.bridge, "--capability=all", "--system-call-filter=@keyring bpf"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
+    def find_init(self):
+        """The machine's systemd: the child of systemd-nspawn whose name is systemd."""
+        for pid in sh(["pgrep", "-P", str(self.proc.pid)], check=False).stdout.split():
+            try:
+                with open("/proc/%s/comm" % pid) as f:
+                    if f.read().strip() == "systemd":
+                        return int(pid)
+            except OSError:
+                pass
+        return None
+
     def wait_booted(self, timeout=180):
         deadline = time.time() + timeout
-        while self.pid is None:
-            children = sh(["pgrep", "-P", str(self.proc.pid)], check=False).stdout.split()
-            if children:
-                self.pid = int(children[0])
-            elif self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("%s did not boot:\n%s" % (self.name, open(self.root + ".console").read()[-3000:]))
-            time.sleep(0.2)
+        state = "not started"
         while True:
-            state = self.run("systemctl is-system-running", check=False).stdout.strip()
-            if state in ("running", "degraded"):
-                return state
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited:\n%s" % (self.name, open(self.root + ".console").read()[-3000:]))
+            self.pid = self.find_init()
+            if self.pid is not None:
+                state = self.run("systemctl is-system-running", check=False).stdout.strip()
+                if state in ("running", "degraded"):
+                    return state
             if time.time() > deadline:
-                raise RuntimeError("%s stuck in %s:\n%s" % (self.name, state,
-                                   self.run("systemctl --failed --no-pager", check=False).stdout))
+                detail = self.run("systemctl --failed --no-pager; systemctl list-jobs --no-pager",
+                                  check=False).stdout if self.pid else ""
+                raise RuntimeError("%s stuck in %r:\n%s\n%s" % (self.name, state, detail,
+                                   open(self.root + ".console").read()[-2000:]))
             time.sleep(0.5)
 
     def run(self, cmd, check=True, timeout=300, user=None):
