@@ -80,6 +80,7 @@ def machines(deb):
         for m in ms:
             m.run("docker import /root/image.tar shoutd-lab", timeout=300)
         ms[0].apt_log = apt_log
+        ms[0].work = work
         yield ms
     finally:
         for m in ms:
@@ -176,3 +177,28 @@ def test_a_frozen_daemon_is_restarted_by_the_watchdog(machines):
     log = m2.run("journalctl -u shoutd -b --no-pager -o cat").stdout
     assert "Watchdog timeout" in log, log[-2000:]
     assert new != pid
+
+
+def test_upgrade_keeps_the_cluster_state_and_restarts(machines):
+    m1 = machines[0]
+    newer = sh(["bash", os.path.join(ROOT, "packaging/build-deb"), "0.1.0+upgrade1"]).stdout.strip().splitlines()[-1]
+    shutil.copy(newer, os.path.join(m1.root, "root/"))
+    before = status(m1)
+    pid = m1.run("systemctl show -p MainPID --value shoutd").stdout.strip()
+    m1.run("apt-get install -y -q ./root/%s" % os.path.basename(newer), timeout=300)
+    assert m1.run("dpkg-query -W -f='${Version}' shoutd").stdout == "0.1.0+upgrade1"
+    wait(lambda: m1.run("systemctl is-active shoutd", check=False).stdout.strip() == "active", what="active")
+    assert m1.run("systemctl show -p MainPID --value shoutd").stdout.strip() != pid, "restarted"
+    after = wait(lambda: (lambda st: st if st["Ready"] and st["Leader"] else None)(status(m1)), what="ready")
+    assert sorted(x[0] for x in after["Members"]) == sorted(x[0] for x in before["Members"])
+    assert [n[0] for n in after["Networks"]] == [n[0] for n in before["Networks"]]
+    assert "mc" in [n[0] for n in after["Networks"]]
+
+
+def test_purge_removes_state_and_secret(machines):
+    m3 = machines[2]
+    assert m3.run("test -d /var/lib/shoutd").returncode == 0
+    m3.run("apt-get purge -y -q shoutd", timeout=300)
+    for path in ("/var/lib/shoutd", "/etc/shoutd/secret", "/etc/shoutd/shoutd.conf"):
+        assert m3.run("test -e %s" % path, check=False).returncode != 0, path
+    assert m3.run("systemctl is-active shoutd.socket", check=False).stdout.strip() != "active"
