@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 
-CACHE = "/var/tmp/shoutd-machines"
+CACHE = os.environ.get("SHOUTD_MACHINE_CACHE", "/var/tmp/shoutd-machines")
 MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = "systemd,systemd-sysv,dbus,iproute2,ca-certificates"
 
