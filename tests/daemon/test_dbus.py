@@ -106,3 +106,48 @@ def test_shoutdctl_tables_json_and_exit_codes(world):
     res = bus.ctl("peers", "add", "bogus")
     assert res.returncode == 1 and "not a host address" in res.stderr
     assert bus.ctl("peers", "add").returncode == 2
+
+
+def test_signals_and_properties_changed_are_announced(world):
+    """A D-Bus client sees PeerJoined, LeaderChanged-free growth and PropertiesChanged for Peers."""
+    import asyncio
+
+    from dbus_next import Message
+    from dbus_next.aio import MessageBus
+
+    secret = world.secret()
+    bus_a, bus_b = world.bus(), world.bus()
+    world.host().start(secret, bus_a)
+    b = world.host().start(secret, bus_b)
+
+    async def watch():
+        client = await MessageBus(bus_address=bus_a.address).connect()
+        seen = []
+        client.add_message_handler(lambda m: seen.append((m.member, m.body)) if m.message_type.name == "SIGNAL" else None)
+        await client.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                  interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                                  body=["type='signal',sender='org.darkkitchen.Shoutd'"]))
+        proc = await asyncio.create_subprocess_exec("busctl", "--address=" + bus_a.address, *CALL[0:], "AddPeer",
+                                                    "s", b.ip)
+        assert await proc.wait() == 0
+        for _ in range(100):
+            if any(s[0] == "PeerJoined" for s in seen) and any(s[0] == "PropertiesChanged" for s in seen):
+                break
+            await asyncio.sleep(0.1)
+        client.disconnect()
+        return seen
+    seen = asyncio.run(watch())
+    assert ("PeerJoined", ["198.20.0.2:7380"]) in seen, seen
+    changed = [s[1] for s in seen if s[0] == "PropertiesChanged"]
+    assert any(body[0] == "org.darkkitchen.Shoutd" and "Peers" in body[1] for body in changed), changed
+
+
+def test_no_quorum_is_a_named_error(world):
+    bus = world.bus()
+    h = world.host()
+    h.start(world.secret(), bus, peers=["198.20.0.77"], wait=False)     # its only peer never comes
+    h.wait_log("D-Bus: ")
+    res = bus.busctl(*CALL, "AddPeer", "s", "198.20.0.78", check=False)
+    assert res.returncode != 0 and "no quorum" in res.stderr, res.stderr
+    res = bus.ctl("peers", "add", "198.20.0.78")
+    assert res.returncode == 5, (res.returncode, res.stderr)
