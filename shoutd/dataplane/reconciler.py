@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import ShoutdError
+from ..follower import Follower
 from . import firewall
 from .desired import BRIDGE_PREFIX, HOST_VETH_PREFIX, OWNED, PEER_VETH_PREFIX, VXLAN_OVERHEAD, VXLAN_PREFIX, desired
 
@@ -63,28 +64,25 @@ def apply(nl, networks, endpoints, underlay):
         firewall.ensure_forward_accept()
 
 
-class Reconciler:
+class Reconciler(Follower):
     def __init__(self, worker, node, underlay, state_source, interval=30.0):
+        super().__init__(interval)
         self.worker = worker
         self.node = node
         self.underlay = underlay
         self.state_source = state_source
-        self.interval = interval
         self._wanted = 0
-        self._done = 0
-        self._kick = asyncio.Event()
         self._waiters = []
-        self._task = None
         self.last_error = None
 
     def start(self):
-        self._task = asyncio.create_task(self._loop())
+        super().start()
         self.kick()
 
-    def kick(self):
-        """Ask for a pass; safe to call from the event loop only."""
+    def kick(self, delay=0.0):
+        """Ask for a pass; returns its number, for sync()."""
         self._wanted += 1
-        self._kick.set()
+        super().kick(delay)
         return self._wanted
 
     async def sync(self, timeout=30.0):
@@ -94,31 +92,16 @@ class Reconciler:
         self._waiters.append((gen, fut))
         await asyncio.wait_for(fut, timeout)
 
-    async def stop(self):
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _loop(self):
-        while True:
-            try:
-                await asyncio.wait_for(self._kick.wait(), self.interval)
-            except asyncio.TimeoutError:
-                self._wanted += 1
-            self._kick.clear()
-            gen = self._wanted
-            error = await self._pass()
-            self._done = gen
-            for waiter in [w for w in self._waiters if w[0] <= gen]:
-                self._waiters.remove(waiter)
-                if not waiter[1].done():
-                    if error is None:
-                        waiter[1].set_result(None)
-                    else:
-                        waiter[1].set_exception(error)
+    async def step(self):
+        gen = self._wanted          # every kick so far is served by this pass
+        error = await self._pass()
+        for waiter in [w for w in self._waiters if w[0] <= gen]:
+            self._waiters.remove(waiter)
+            if not waiter[1].done():
+                if error is None:
+                    waiter[1].set_result(None)
+                else:
+                    waiter[1].set_exception(error)
 
     async def _pass(self):
         state = self.state_source()

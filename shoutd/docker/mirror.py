@@ -15,57 +15,30 @@ It runs on every state change, after each CreateNetwork and periodically, and
 only once Raft has caught up, so an unreplayed state never deletes anything.
 """
 
-import asyncio
 import logging
 
 from ..errors import ShoutdError
+from ..follower import Follower
 from ..service import NETWORK_OPTION
 
 log = logging.getLogger(__name__)
 
 
-class Mirror:
+class Mirror(Follower):
     def __init__(self, engine, driver, node, submit, state_source, interval=10.0):
+        super().__init__(interval)
         self.engine = engine
         self.driver = driver
         self.node = node
         self.submit = submit
         self.state_source = state_source
-        self.interval = interval
-        self._kick = asyncio.Event()
-        self._task = None
         self._reported = set()
 
-    def start(self):
-        self._task = asyncio.create_task(self._loop())
-
-    def kick(self, delay=0.0):
-        if delay:
-            asyncio.get_running_loop().call_later(delay, self._kick.set)
-        else:
-            self._kick.set()
-
-    async def stop(self):
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _loop(self):
-        while True:
-            try:
-                await asyncio.wait_for(self._kick.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
-            self._kick.clear()
-            try:
-                await self.sync_once()
-            except ShoutdError as e:
-                self._report("docker", "cannot mirror networks into Docker: %s" % e)
-            except Exception:  # noqa: BLE001 - the loop must survive a bug
-                log.exception("bug: network mirror failed")
+    async def step(self):
+        try:
+            await self.sync_once()
+        except ShoutdError as e:
+            self._report("docker", "cannot mirror networks into Docker: %s" % e)
 
     def _report(self, key, message):
         """Log a persistent problem once, not on every pass."""

@@ -1,0 +1,52 @@
+"""A loop that follows the replicated state: one step per kick, and one per interval.
+
+The kernel reconciler and the Docker network mirror both follow the state
+the same way: kicks coalesce (ten changes during one step cause one more
+step, not ten), a periodic step repairs what changed behind our back, and
+the loop survives any one step's failure.
+"""
+
+import asyncio
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    def __init__(self, interval):
+        self.interval = interval
+        self._kick = asyncio.Event()
+        self._task = None
+
+    async def step(self):
+        raise NotImplementedError
+
+    def start(self):
+        self._task = asyncio.create_task(self._loop())
+
+    def kick(self, delay=0.0):
+        """Ask for a step; call on the event loop."""
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self._kick.set)
+        else:
+            self._kick.set()
+
+    async def stop(self):
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _loop(self):
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self.step()
+            except Exception:  # noqa: BLE001 - one bad step must not end the loop
+                log.exception("bug: %s step failed", type(self).__name__)
