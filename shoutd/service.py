@@ -8,6 +8,8 @@ on) waits for the reconciler.  Nothing here touches netlink or Docker.
 
 import ipaddress
 import logging
+import re
+import urllib.parse
 import uuid
 
 from .dataplane.desired import veth_names
@@ -20,6 +22,7 @@ GATEWAY_REQUEST = "com.docker.network.gateway"
 # Set by shoutd itself when it creates a cluster network in a local engine.
 NETWORK_OPTION = "shoutd.network"
 MULTICAST = "224.0.0.0/4"
+_NETWORK_DELETE = re.compile(r"^(?:/v[0-9.]+)?/networks/([^/]+)/?$")
 RIGHT_COMMAND = ("docker network create -d shoutd --ipam-driver shoutd [--subnet SUBNET] NAME")
 
 
@@ -163,6 +166,30 @@ class Service:
             return            # the gateway lives and dies with its network
         await self._submit(op="ip_release", network=pool_id, ip=str(ip))
         log.info("address %s released in network %s", ip, net["name"] or net["subnet"])
+
+    # -- authorization plugin (opt-in) ------------------------------------
+
+    def authorize(self, method, uri):
+        """(allow, message) for one Docker API request.
+
+        Docker cannot be stopped from removing its copy of a network through
+        the network driver API, but an authorization plugin can refuse the
+        request itself.  Only `DELETE /networks/X` of a shoutd network that
+        has containers on other hosts is refused; everything else passes.
+        """
+        match = _NETWORK_DELETE.match(uri.split("?", 1)[0]) if method == "DELETE" else None
+        if match is None:
+            return True, ""
+        ident = urllib.parse.unquote(match.group(1))
+        state = self.state()
+        net = state.network_by_name(ident) or state.network_by_docker_id(self.node, ident)
+        if net is None:
+            bound = [n for n in state.networks.values()
+                     if n["bindings"].get(self.node, "").startswith(ident)]
+            net = bound[0] if len(bound) == 1 else None
+        if net is None or not any(e["node"] != self.node for e in state.endpoints_of(net["id"])):
+            return True, ""
+        return False, state.in_use_message(net)
 
     # -- network driver --------------------------------------------------
 

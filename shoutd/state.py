@@ -215,7 +215,8 @@ class ClusterState:
         Unless containers are still attached somewhere.  Docker removes its
         local copy whatever a remote driver answers (libnetwork honours only
         a ForbiddenError from DeleteNetwork, which the plugin API cannot
-        express), so then the cluster keeps the network, forgets this host's
+        express; the authorization plugin in service.authorize can refuse
+        earlier), so then the cluster keeps the network, forgets this host's
         deleted copy, and the mirror puts it back here.
         """
         net = self.networks.get(op["network"])
@@ -226,15 +227,17 @@ class ClusterState:
             del self.networks[net["id"]]
             return {"deleted": True}
         net["bindings"].pop(op["node"], None)
+        return {"deleted": False, "reason": self.in_use_message(net) + "; the network stays in the cluster"}
+
+    def in_use_message(self, net):
+        """Why `net` cannot go: which hosts still have which containers on it."""
         where = {}
-        for ep in eps:
+        for ep in self.endpoints_of(net["id"]):
             where.setdefault(ep["node"], []).append(ep["ip"])
         detail = "; ".join("%s: %s" % (self.member_label(n), ", ".join(sorted(ips)))
                            for n, ips in sorted(where.items()))
-        return {"deleted": False,
-                "reason": "shoutd network %s still has containers attached on %s. Disconnect or "
-                          "remove them first (docker network disconnect / docker rm); the network "
-                          "stays in the cluster" % (self.network_label(net), detail)}
+        return ("shoutd network %s still has containers attached on %s. Disconnect or remove them "
+                "first (docker network disconnect / docker rm)" % (self.network_label(net), detail))
 
     # addresses
 

@@ -21,6 +21,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "shoutd-lab"
+IMAGE_CACHE = "/var/tmp/shoutd-lab-image-2.tar"     # bump when the image's contents change
 TOOLS = ["iperf", "arping", "tcpdump"]
 
 
@@ -65,6 +66,11 @@ def build_image(path):
         os.symlink(binary, link)
     for d in ("tmp", "etc", "proc", "sys", "dev", "run"):
         os.makedirs(os.path.join(tree, d), exist_ok=True)
+    # tcpdump looks its user up (-Z root) before capturing.
+    with open(os.path.join(tree, "etc/passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\n")
+    with open(os.path.join(tree, "etc/group"), "w") as f:
+        f.write("root:x:0:\n")
     sh("tar -C %s -cf %s ." % (tree, path))
     shutil.rmtree(tree)
     return path
@@ -106,8 +112,9 @@ class Host:
             "mount --rbind {H}/cg /sys/fs/cgroup && mount --bind {H}/plugins /run/docker/plugins && "
             "exec dockerd --data-root {H}/data --exec-root {H}/exec -H unix://{H}/docker.sock "
             "--pidfile {H}/docker.pid --bip 172.30.{n}.1/24 --iptables=false --ip6tables=false "
-            "--userland-proxy=false"
-        ).format(H=self.dir, n=self.n)
+            "--userland-proxy=false{authz}"
+        ).format(H=self.dir, n=self.n,
+                 authz=" --authorization-plugin=shoutd" if self.n in self.lab.authz else "")
         os.makedirs("/run/docker/plugins", exist_ok=True)
         out = open(os.path.join(self.dir, "dockerd.log"), "ab")
         self.dockerd = subprocess.Popen(
@@ -195,7 +202,8 @@ class Host:
 
 
 class Lab:
-    def __init__(self, hosts=3, base=None, prefix="sl", python=None):
+    def __init__(self, hosts=3, base=None, prefix="sl", python=None, authz=()):
+        self.authz = set(authz)       # hosts whose dockerd asks shoutd to authorize requests
         self.base = base or tempfile.mkdtemp(prefix="shoutd-lab-")
         self.prefix = prefix
         self.python = python or "/usr/bin/python3"
@@ -203,7 +211,7 @@ class Lab:
         self.underlay = prefix + "-ul0"
         self.hosts = [Host(self, n) for n in range(1, hosts + 1)]
 
-    def up(self, image_cache="/var/tmp/shoutd-lab-image.tar"):
+    def up(self, image_cache=IMAGE_CACHE):
         self.down_network()
         os.makedirs(self.base, exist_ok=True)
         sh("ip link add %s type bridge" % self.underlay)
@@ -216,6 +224,9 @@ class Lab:
         for h in self.hosts:
             h.up()
         tar = build_image(image_cache)
+        # shoutd first: a dockerd with shoutd as authorization plugin answers nothing without it.
+        for h in self.hosts:
+            h.start_shoutd()
         for h in self.hosts:
             h.start_dockerd()
         for h in self.hosts:
@@ -223,8 +234,10 @@ class Lab:
         return self
 
     def start_shoutd(self):
+        """Start shoutd where it is not running (up() starts it everywhere) and wait for all."""
         for h in self.hosts:
-            h.start_shoutd()
+            if h.shoutd is None or h.shoutd.poll() is not None:
+                h.start_shoutd()
         self.wait_ready()
 
     def wait_ready(self, timeout=60):

@@ -6,6 +6,10 @@ missing field or a ShoutdError becomes a non-200 reply whose JSON carries the
 message in `Err` (read by Docker's plugin client and the NetworkDriver API)
 and `Error` (read by the IpamDriver API), never a traceback.
 
+With `"authorization-plugins": ["shoutd"]` in Docker's daemon.json, the same
+socket also answers Docker's AuthZ calls, to refuse `docker network rm` of a
+network still used on other hosts (see Service.authorize).
+
 The driver's scope is "local" with connectivity scope "global": "global"
 scope makes Docker demand swarm, while local scope with our own cluster-wide
 IPAM is what works on current Docker without swarm.
@@ -68,7 +72,7 @@ def _endpoint(fn):
 
 
 async def activate(service, body):
-    return {"Implements": ["NetworkDriver", "IpamDriver"]}
+    return {"Implements": ["NetworkDriver", "IpamDriver", "authz"]}
 
 
 async def capabilities(service, body):
@@ -124,6 +128,20 @@ async def swarm_only(service, body):
     raise ShoutdError("shoutd does not take part in swarm network allocation; use it without swarm")
 
 
+async def authz_request(service, body):
+    # Fail open: shoutd authorizes only to protect its own networks, and a
+    # request it cannot read is no request to remove one.
+    method, uri = body.get("RequestMethod"), body.get("RequestUri")
+    if not isinstance(method, str) or not isinstance(uri, str):
+        return {"Allow": True}
+    allow, message = service.authorize(method, uri)
+    return {"Allow": allow, "Msg": message}
+
+
+async def authz_response(service, body):
+    return {"Allow": True}
+
+
 async def ipam_capabilities(service, body):
     return {"RequiresMACAddress": False}
 
@@ -172,6 +190,8 @@ ROUTES = {
     "NetworkDriver.RevokeExternalConnectivity": nothing,
     "NetworkDriver.AllocateNetwork": swarm_only,
     "NetworkDriver.FreeNetwork": swarm_only,
+    "AuthZPlugin.AuthZReq": authz_request,
+    "AuthZPlugin.AuthZRes": authz_response,
     "IpamDriver.GetCapabilities": ipam_capabilities,
     "IpamDriver.GetDefaultAddressSpaces": address_spaces,
     "IpamDriver.RequestPool": request_pool,

@@ -35,7 +35,7 @@ def test_socket_activation_first_call_starts_the_daemon(world):
         time.sleep(0.05)
     assert not os.path.exists(h.log) or "serving" not in open(h.log).read(), "nothing runs before a call"
     status, reply = plugin_call(sock, "Plugin.Activate")      # this call starts shoutd
-    assert status == 200 and reply == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert status == 200 and reply == {"Implements": ["NetworkDriver", "IpamDriver", "authz"]}
     log = h.wait_log("registered;")
     assert "on the socket passed by systemd" in log
     assert not os.path.exists(os.path.join(h.dir, "plugins/shoutd.sock")), "no second socket of its own"

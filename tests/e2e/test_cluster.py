@@ -10,13 +10,14 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from lab import Lab, wait_for  # noqa: E402
+from lab import Lab, docker_binary, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 if os.geteuid() != 0 or not shutil.which("dockerd"):
@@ -27,7 +28,7 @@ LOSS = re.compile(r"(\d+)/\s*(\d+) \(")
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(3)
+    lab = Lab(3, authz=[1])       # host 1's dockerd uses shoutd as authorization plugin
     try:
         lab.up()
         lab.start_shoutd()
@@ -111,6 +112,56 @@ def test_arp_across_hosts(lab):
     remove(lab, "a1", "a2")
 
 
+SEND_RAW = """
+import socket, struct
+vrrp = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+vrrp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+# VRRPv2 advertisement: version 2, type 1, VRID 51, priority 100, no addresses
+vrrp.sendto(struct.pack("!BBBBBBH", 0x21, 51, 100, 0, 0, 1, 0), ("224.0.0.18", 0))
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind(("eth0", 0))
+mac = raw.getsockname()[4]
+raw.send(b"\\xff" * 6 + mac + b"\\x88\\xb5" + b"shoutd-not-ip".ljust(46, b"."))
+"""
+
+
+def capture(host, container, bpf, count=1, timeout=15):
+    """Start tcpdump inside a container; returns a function that waits for its output."""
+    proc = subprocess.Popen([docker_binary(), "-H", "unix://" + host.sock, "exec", container, "timeout", str(timeout),
+                             "tcpdump", "-Z", "root", "-n", "-e", "-v", "-l", "-i", "eth0", "-c", str(count), bpf],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return lambda: proc.communicate(timeout=timeout + 10)[0]
+
+
+def test_non_ip_and_non_tcp_udp_protocols_cross_hosts(lab):
+    """VRRP (IP protocol 112), IGMP and a non-IP EtherType arrive unchanged on every other host."""
+    network(lab, "proto")
+    h1, h2, h3 = lab.hosts
+    h1.run("src", "proto")
+    for h in (h2, h3):
+        h.run("dst%d" % h.n, "proto")
+    time.sleep(1)
+    waits = {}
+    for h in (h2, h3):
+        waits[h.n] = [capture(h, "dst%d" % h.n, "ip proto 112"), capture(h, "dst%d" % h.n, "ether proto 0x88b5"),
+                      capture(h, "dst%d" % h.n, "igmp")]
+    time.sleep(2)
+    pid = json.loads(h1.docker("inspect", "src").stdout)[0]["State"]["Pid"]
+    for _ in range(3):
+        subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", SEND_RAW], check=True)
+        time.sleep(0.3)
+    # Joining a group sends an IGMP membership report.
+    h1.docker("exec", "-d", "src", "iperf", "-u", "-s", "-B", "224.9.9.9", "-p", "5009")
+    for n, (vrrp, other, igmp) in waits.items():
+        out = vrrp()
+        assert "224.0.0.18" in out and "vrrp" in out.lower(), (n, out)
+        out = other()
+        assert "0x88b5" in out and "ff:ff:ff:ff:ff:ff" in out, (n, out)
+        out = igmp()
+        assert "igmp" in out.lower() and "224.9.9.9" in out, (n, out)
+    remove(lab, "src", "dst2", "dst3")
+
+
 def test_addresses_are_unique_across_hosts_even_when_started_together(lab):
     network(lab, "ipam", 1, "--subnet", "10.77.0.0/24")
     jobs = [(h, "u%d-%d" % (h.n, i)) for h in lab.hosts for i in range(4)]
@@ -152,15 +203,22 @@ def test_a_network_created_on_host2_is_usable_on_host3_and_removed_everywhere(la
     h3.run("c3", "from2")
     h2.run("c2", "from2")
     assert ping(h3, "c3", h2.container_ip("c2", "from2")).returncode == 0
-    # In use on host 3: removing it on host 1 cannot take it from the cluster.
+    # In use on host 3. Host 1 (shoutd authorizes its Docker API) refuses the removal, saying where.
     h1 = lab.hosts[0]
-    h1.docker("network", "rm", "from2", check=False)
-    time.sleep(2)
-    wait_for(lambda: "from2" in h1.docker("network", "ls", "--format", "{{.Name}}").stdout.split())
-    assert ping(h3, "c3", h2.container_ip("c2", "from2")).returncode == 0
-    with open(h1.log) as f:
+    res = h1.docker("network", "rm", "from2", check=False)
+    assert res.returncode != 0 and "still has containers attached on host" in res.stderr, res.stderr
+    assert "10.213." in res.stderr or "(198.18.0.3)" in res.stderr, res.stderr
+    assert "from2" in h1.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    # Host 2 (no authorization plugin) cannot be stopped from dropping its copy, but the
+    # cluster keeps the network and shoutd puts the copy back.
+    remove(lab, "c2")
+    h2.docker("network", "rm", "from2")
+    wait_for(lambda: "from2" in h2.docker("network", "ls", "--format", "{{.Name}}").stdout.split())
+    with open(h2.log) as f:
         assert "still has containers attached on host" in f.read()
-    remove(lab, "c2", "c3")
+    h2.run("c2b", "from2")
+    assert ping(h3, "c3", h2.container_ip("c2b", "from2")).returncode == 0
+    remove(lab, "c2b", "c3")
     h1.docker("network", "rm", "from2")
     for h in lab.hosts:
         wait_for(lambda h=h: "from2" not in h.docker("network", "ls", "--format", "{{.Name}}").stdout.split())

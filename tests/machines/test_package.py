@@ -21,7 +21,7 @@ from .machine import Machine, installed_tree, sh
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from lab import build_image  # noqa: E402
+from lab import IMAGE_CACHE, build_image  # noqa: E402
 
 pytestmark = pytest.mark.machines
 if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("debootstrap"):
@@ -61,7 +61,7 @@ def test_lintian_reports_no_errors(deb):
 
 @pytest.fixture(scope="module")
 def machines(deb):
-    tree, apt_log = installed_tree(deb, build_image("/var/tmp/shoutd-lab-image.tar"))
+    tree, apt_log = installed_tree(deb, build_image(IMAGE_CACHE))
     work = tempfile.mkdtemp(prefix="shoutd-machines-", dir="/var/tmp")
     sh("ip link add %s type bridge && ip link set %s up" % (BRIDGE, BRIDGE))
     sh("iptables -I FORWARD -i %s -o %s -j ACCEPT" % (BRIDGE, BRIDGE), check=False)

@@ -55,7 +55,7 @@ def run(test):
 
 def test_activate_and_capabilities_with_empty_bodies():
     async def t(h, c):
-        assert await h.call(c, "Plugin.Activate") == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
+        assert await h.call(c, "Plugin.Activate") == (200, {"Implements": ["NetworkDriver", "IpamDriver", "authz"]})
         assert await h.call(c, "NetworkDriver.GetCapabilities") == (200, {"Scope": "local",
                                                                           "ConnectivityScope": "global"})
         status, caps = await h.call(c, "IpamDriver.GetDefaultAddressSpaces")
@@ -125,7 +125,7 @@ def test_every_call_survives_malformed_json(method):
 
 @pytest.mark.parametrize("method", sorted(m for m in ROUTES if not m.endswith(
     ("Activate", "GetCapabilities", "GetDefaultAddressSpaces", "DiscoverNew", "DiscoverDelete",
-     "ProgramExternalConnectivity", "RevokeExternalConnectivity", "RequestPool"))))
+     "ProgramExternalConnectivity", "RevokeExternalConnectivity", "RequestPool", "AuthZRes", "AuthZReq"))))
 def test_every_call_with_an_empty_body_or_unknown_ids_gets_an_error_not_a_traceback(method):
     async def t(h, c):
         status, reply = await h.call(c, method, {})
@@ -172,4 +172,34 @@ def test_deleting_a_network_in_use_elsewhere_is_refused_and_restored():
         assert status == 409 and "h2 (198.18.0.2): 10.213.0.2" in reply["Err"]
         assert pool["PoolID"] in h.raft.state().networks
         assert h.changed == ["net1", "net1"], "the mirror is asked to restore the local copy"
+    run(t)
+
+
+def test_authz_refuses_removing_a_network_used_on_another_host_and_nothing_else():
+    async def t(h, c):
+        pool = await h.create_network(c, docker_id="abc123def456")
+        other = "198.18.0.2:7380"
+        for op in ({"op": "member_up", "node": other, "advertise": "198.18.0.2", "raft": other, "hostname": "h2"},
+                   {"op": "network_name", "network": pool["PoolID"], "name": "web"},
+                   {"op": "ip_allocate", "req": "r", "node": other, "network": pool["PoolID"]},
+                   {"op": "endpoint_add", "network": pool["PoolID"], "node": other, "endpoint": EP,
+                    "ip": "10.213.0.2", "mac": "m"}):
+            assert "error" not in h.raft.cluster.apply(op)
+
+        async def ask(method, uri):
+            status, reply = await h.call(c, "AuthZPlugin.AuthZReq", {"RequestMethod": method, "RequestUri": uri,
+                                                                     "User": "", "RequestBody": None})
+            assert status == 200, reply
+            return reply["Allow"], reply["Msg"]
+        for uri in ("/v1.41/networks/web", "/networks/abc123def456", "/v1.43/networks/abc1", "/networks/web/"):
+            allow, msg = await ask("DELETE", uri)
+            assert not allow and "h2 (198.18.0.2): 10.213.0.2" in msg, uri
+        assert (await ask("GET", "/v1.41/networks/web"))[0]
+        assert (await ask("DELETE", "/v1.41/networks/other"))[0]
+        assert (await ask("DELETE", "/v1.41/containers/web"))[0]
+        assert (await ask("POST", "/v1.41/networks/web/disconnect"))[0]
+        h.raft.cluster.apply({"op": "endpoint_remove", "endpoint": EP})
+        assert (await ask("DELETE", "/v1.41/networks/web"))[0]
+        assert await h.call(c, "AuthZPlugin.AuthZRes", {"RequestMethod": "GET"}) == (200, {"Allow": True})
+        assert await h.call(c, "AuthZPlugin.AuthZReq", {"RequestMethod": 5}) == (200, {"Allow": True})
     run(t)
