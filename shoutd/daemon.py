@@ -63,9 +63,10 @@ def find_underlay(worker, cfg, notifier, wait=60.0):
         time.sleep(1.0)
     cfg.advertise_address = address
     index, name, mtu = found
-    log.info("underlay %s (MTU %d, containers get MTU %d), VTEP %s:%d", name, mtu, mtu - 50,
+    underlay = Underlay(cfg.advertise_address, cfg.vxlan_port, index, mtu)
+    log.info("underlay %s (MTU %d, containers get MTU %d), VTEP %s:%d", name, mtu, underlay.overlay_mtu,
              cfg.advertise_address, cfg.vxlan_port)
-    return Underlay(cfg.advertise_address, cfg.vxlan_port, index, mtu)
+    return underlay
 
 
 def plugin_socket(cfg):
