@@ -276,3 +276,44 @@ def test_a_graceful_restart_keeps_every_veth(lab):
     assert veths(h1) == before
     assert ping(h1, "g1", h2.container_ip("g2", "calm")).returncode == 0
     remove(lab, "g1", "g2")
+
+
+def test_restarting_dockerd_reconnects_containers_and_leaks_nothing(lab):
+    h1, h2, _ = lab.hosts
+    network(lab, "dk")
+    h1.run("d1", "dk")
+    h2.run("d2", "dk", extra=["--restart", "always"])
+    h2.run("d2gone", "dk")                      # not restarted: its endpoint must be cleaned up
+    h2.stop_dockerd()
+    h2.start_dockerd()
+    wait_for(lambda: h2.docker("inspect", "-f", "{{.State.Running}}", "d2").stdout.strip() == "true", timeout=60)
+    assert ping(h1, "d1", h2.container_ip("d2", "dk")).returncode == 0
+    shv = [n for n in veths(h2) if n.startswith("shv")]
+    assert len(shv) == 1, shv                  # d2's new veth only: d2gone's and d2's old ones are gone
+    remove(lab, "d1", "d2", "d2gone")
+    # No stale endpoint is left in the cluster: host 1's authorization check lets the removal through.
+    h1.docker("network", "rm", "dk")
+    for h in lab.hosts:
+        wait_for(lambda h=h: "dk" not in h.docker("network", "ls", "--format", "{{.Name}}").stdout.split())
+
+
+def test_a_host_reboot_is_reconciled(lab):
+    """Everything on host 2 goes down and its kernel forgets shoutd's devices, as in a reboot."""
+    h1, h2, _ = lab.hosts
+    network(lab, "boot")
+    h1.run("b1", "boot")
+    h2.run("b2", "boot", extra=["--restart", "always"])
+    h2.stop_dockerd()
+    h2.kill_shoutd(signal.SIGKILL)
+    for name in veths(h2):
+        h2.netns("ip", "link", "del", name, check=False)
+    assert not veths(h2)
+    h2.start_shoutd()
+    lab.wait_ready()
+    h2.start_dockerd()
+    wait_for(lambda: h2.docker("inspect", "-f", "{{.State.Running}}", "b2").stdout.strip() == "true", timeout=60)
+    assert ping(h1, "b1", h2.container_ip("b2", "boot")).returncode == 0
+    names = veths(h2)
+    assert len([n for n in names if n.startswith("shv")]) == 1, names
+    assert len([n for n in names if n.startswith("shx")]) == len([n for n in names if n.startswith("shb")])
+    remove(lab, "b1", "b2")
