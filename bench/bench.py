@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from lab import IMAGE, Lab, sh, wait_for  # noqa: E402
+from lab import IMAGE, Lab, wait_for  # noqa: E402
 
 RATE = re.compile(r"([\d.]+) Mbits/sec")
 LOSS = re.compile(r"(\d+)/\s*(\d+) \(")

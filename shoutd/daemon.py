@@ -141,21 +141,21 @@ class Daemon:
         return self.raft.state() if self.raft.status()["ready"] else None
 
     def changed(self):
-        self.remember_members()
+        status = self.raft.status()
+        self.remember_members(status)
         self.reconciler.kick()
         self.mirror.kick()
-        self.notifier.status(self.raft.status())
+        self.notifier.status(status)
         if self.dbus is not None:
             self.dbus[1].refresh()
 
-    def remember_members(self):
+    def remember_members(self, st):
         """Keep the current membership on disk for the next start.
 
         PySyncObj replays membership *changes* from its journal on top of
         the nodes it is started with, so a host that joined through AddPeer
         would come back knowing only the members added after the first one.
         """
-        st = self.raft.status()
         members = sorted(st["nodes"])
         if st["leader"] is None or members == self.known_members:
             return

@@ -62,7 +62,7 @@ def test_introspection_shows_the_documented_interface(world):
 def test_addpeer_forms_a_cluster_and_removepeer_shrinks_it(world):
     secret = world.secret()
     bus_a, bus_b = world.bus(), world.bus()
-    a = world.host().start(secret, bus_a)
+    world.host().start(secret, bus_a)
     b = world.host().start(secret, bus_b)          # a lone one-node cluster, until asked
     bus_a.busctl(*CALL, "AddPeer", "s", b.ip)
     both = ["198.20.0.1:7380", "198.20.0.2:7380"]
