@@ -153,9 +153,24 @@ class Host:
                 self.proc.wait()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    world = getattr(item, "funcargs", {}).get("world")
+    if report.when == "call" and report.failed and world is not None:
+        for h in world.hosts:
+            with open(h.log, errors="replace") as f:
+                report.sections.append(("shoutd log of " + h.name, f.read()[-6000:]))
+
+
 @pytest.fixture
 def world(tmp_path):
-    """Builds hosts and buses on demand and tears everything down."""
+    """Builds hosts and buses on demand and tears everything down.
+
+    When the test fails, each host's shoutd log is attached to the report
+    (see the hook above): a rare race leaves nothing else to go on.
+    """
     underlay = "dt" + uuid.uuid4().hex[:5]
     sh("ip link add %s type bridge" % underlay)
     sh("ip link set %s up" % underlay)
@@ -163,6 +178,7 @@ def world(tmp_path):
 
     class World:
         tmp = str(tmp_path)
+        hosts = made["hosts"]
 
         def host(self):
             h = Host(underlay, len(made["hosts"]) + 1, str(tmp_path))

@@ -127,10 +127,12 @@ def test_signals_and_properties_changed_are_announced(world):
         await client.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
                                   interface="org.freedesktop.DBus", member="AddMatch", signature="s",
                                   body=["type='signal',sender='org.darkkitchen.Shoutd'"]))
-        proc = await asyncio.create_subprocess_exec("busctl", "--address=" + bus_a.address, *CALL[0:], "AddPeer",
-                                                    "s", b.ip)
-        assert await proc.wait() == 0
-        for _ in range(100):
+        proc = await asyncio.create_subprocess_exec("busctl", "--address=" + bus_a.address, *CALL, "AddPeer",
+                                                    "s", b.ip, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err
+        deadline = time.time() + 30
+        while time.time() < deadline:
             if any(s[0] == "PeerJoined" for s in seen) and any(s[0] == "PropertiesChanged" for s in seen):
                 break
             await asyncio.sleep(0.1)
