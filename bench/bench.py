@@ -9,6 +9,9 @@
 2. UDP multicast at 100 Mbit/s from host 1 to receivers on hosts 2 and 3: loss.
 3. `docker run` time on a shoutd network against a local bridge network.
 4. Resident memory of each shoutd daemon.
+5. (--parts commit, no lab) Raft commit latency of three RaftNodes on
+   loopback, proposed on the leader and on a follower: what every IPAM and
+   endpoint call waits for.
 
 Not a test: nothing here asserts a time.  Needs root and the packages of
 .ci/setup.
@@ -106,6 +109,47 @@ def docker_run(lab, rounds):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def commit_latency(count=200):
+    """Median and 90th percentile of submit() on a 3-node cluster, in ms."""
+    import asyncio
+    import secrets
+    import socket
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from shoutd.raft import RaftNode
+
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    addrs = ["127.0.0.1:%d" % p for p in ports]
+    secret = secrets.token_hex(16)
+    nodes = [RaftNode(a, addrs, secret) for a in addrs]
+
+    async def run():
+        while not all(n.status()["ready"] and n.status()["leader"] for n in nodes):
+            await asyncio.sleep(0.05)
+        leader = next(n for n in nodes if n.status()["leader"] == n.self_addr)
+        follower = next(n for n in nodes if n is not leader)
+        out = {}
+        for role, node in (("leader", leader), ("follower", follower)):
+            took = []
+            for i in range(count):
+                t = time.perf_counter()
+                await node.submit({"op": "member_up", "node": "bench", "advertise": "10.0.%d.%d" % (i // 250, i % 250 + 1),
+                                   "raft": "bench"})
+                took.append((time.perf_counter() - t) * 1000)
+            took.sort()
+            out[role] = (statistics.median(took), took[int(len(took) * 0.9)])
+        return out
+    try:
+        return asyncio.run(run())
+    finally:
+        for n in nodes:
+            n.destroy()
+
+
 def memory(lab):
     """VmRSS of each shoutd (nsenter execs it, so the Popen pid is shoutd's)."""
     rss = {}
@@ -119,10 +163,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5)
-    p.add_argument("--parts", default="tcp,multicast,run", help="comma-separated: tcp, multicast, run")
+    p.add_argument("--parts", default="tcp,multicast,run,commit",
+                   help="comma-separated: tcp, multicast, run, commit")
     args = p.parse_args()
     parts = set(args.parts.split(","))
-    med = raw = mc = run = None
+    figures = {"commit": commit_latency() if "commit" in parts else None}
+    if parts - {"commit"}:
+        figures.update(in_the_lab(args, parts))
+    report(args, **figures)
+
+
+def in_the_lab(args, parts):
+    out = {}
     lab = Lab(3, prefix="bn")
     try:
         lab.up()
@@ -131,14 +183,18 @@ def main():
         for h in lab.hosts:
             wait_for(lambda h=h: "bench" in h.docker("network", "ls").stdout)
         if "tcp" in parts:
-            med, raw = tcp(lab, args.rounds, args.seconds)
+            out["med"], out["raw"] = tcp(lab, args.rounds, args.seconds)
         if "multicast" in parts:
-            mc = multicast(lab, args.seconds * 2)
+            out["mc"] = multicast(lab, args.seconds * 2)
         if "run" in parts:
-            run = docker_run(lab, args.rounds * 2)
-        mem = memory(lab)
+            out["run"] = docker_run(lab, args.rounds * 2)
+        out["mem"] = memory(lab)
     finally:
         lab.down()
+    return out
+
+
+def report(args, med=None, raw=None, mc=None, run=None, mem=None, commit=None):
     print("\n== shoutd benchmark (%d rounds of %d s, alternating) ==" % (args.rounds, args.seconds))
     if raw:
         for k, v in raw.items():
@@ -150,7 +206,10 @@ def main():
     if run:
         print("docker run median: shoutd %.3f s, local bridge %.3f s, ratio %.2f  (goal <= 1.3)"
               % (run["shoutd"], run["bridge"], run["shoutd"] / run["bridge"]))
-    print("shoutd resident memory: " + ", ".join("%s %.1f MiB" % kv for kv in sorted(mem.items())))
+    if mem:
+        print("shoutd resident memory: " + ", ".join("%s %.1f MiB" % kv for kv in sorted(mem.items())))
+    for role, (median, p90) in (commit or {}).items():
+        print("Raft commit proposed on the %-8s: median %.1f ms, p90 %.1f ms" % (role, median, p90))
 
 
 if __name__ == "__main__":

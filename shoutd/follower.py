@@ -18,7 +18,8 @@ class Follower:
         self._kick = asyncio.Event()
         self._task = None
 
-    async def step(self):
+    async def step(self, periodic):
+        """One step; `periodic` is true when no kick came within the interval."""
         raise NotImplementedError
 
     def start(self):
@@ -41,12 +42,13 @@ class Follower:
 
     async def _loop(self):
         while True:
+            periodic = False
             try:
                 await asyncio.wait_for(self._kick.wait(), self.interval)
             except asyncio.TimeoutError:
-                pass
+                periodic = True
             self._kick.clear()
             try:
-                await self.step()
+                await self.step(periodic)
             except Exception:  # noqa: BLE001 - one bad step must not end the loop
                 log.exception("bug: %s step failed", type(self).__name__)

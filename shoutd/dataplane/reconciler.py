@@ -7,6 +7,11 @@ A pass runs on every state change, at start-up and every `interval` seconds
 (to repair what someone deleted by hand); passes coalesce, and each one is
 idempotent: it creates what is missing, fixes what differs, removes shoutd
 objects the state no longer names, and touches nothing that already matches.
+A kicked pass touches only what changed since the last pass that succeeded
+(its plan, from `desired`), and nothing at all when the plan is the same: many
+state changes (an address allocated, a Join after its CreateEndpoint) change
+nothing here, and `docker run` waits for the pass.  The first pass, the one
+after a failure, and the periodic one check every object in the kernel.
 
 Ordering keeps half-built objects out of the traffic path: a VXLAN device is
 enslaved and given its FDB before it is set up; a network's devices are
@@ -17,6 +22,7 @@ mistakes an empty, not-yet-replayed state for "delete everything".
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from ..errors import ShoutdError
@@ -39,11 +45,20 @@ class Underlay:
         return self.mtu - VXLAN_OVERHEAD
 
 
-def apply(nl, networks, endpoints, underlay):
-    """Make the kernel match; runs on the netlink worker thread."""
+def apply(nl, networks, endpoints, underlay, previous=None):
+    """Make the kernel match; runs on the netlink worker thread.
+
+    With `previous`, the plan the kernel was last brought to, only what
+    changed since is touched: a container start costs one veth, not a check
+    of every object on the host.  Without it, everything is checked and any
+    shoutd object the plan does not name is removed.
+    """
     mtu = underlay.overlay_mtu
+    before_nets, before_eps = previous if previous is not None else ((), ())
     bridges = {}
     for net in networks:
+        if net in before_nets:
+            continue
         alias = "shoutd " + net.label
         bridges[net.bridge] = nl.ensure_bridge(net.bridge, mtu, alias)
         nl.ensure_vxlan(net.vxlan, net.vni, underlay.local, underlay.port, underlay.index, mtu,
@@ -51,16 +66,25 @@ def apply(nl, networks, endpoints, underlay):
         nl.ensure_fdb(net.vxlan, set(net.fdb))
         nl.ensure_up(net.vxlan)
     for ep in endpoints:
+        if ep in before_eps:
+            continue
+        if ep.bridge not in bridges:
+            bridges[ep.bridge] = nl.index(ep.bridge)
         nl.ensure_veth(ep.host, ep.peer, ep.mac, mtu, bridges[ep.bridge], "shoutd " + ep.label)
     wanted = {ep.host for ep in endpoints} | {ep.peer for ep in endpoints}
     wanted |= {net.bridge for net in networks} | {net.vxlan for net in networks}
-    stale = [n for n in nl.link_names(OWNED) if n not in wanted]
+    if previous is None:
+        present = nl.link_names(OWNED)
+    else:
+        present = {ep.host for ep in before_eps} | {net.bridge for net in before_nets} | \
+            {net.vxlan for net in before_nets}
+    stale = [n for n in present if n not in wanted]
     # veths before VXLANs before bridges: nothing is left pointing at a gone master.
     order = {HOST_VETH_PREFIX: 0, PEER_VETH_PREFIX: 0, VXLAN_PREFIX: 1, BRIDGE_PREFIX: 2}
     for name in sorted(stale, key=lambda n: order[n[:3]]):
         log.info("removing %s: no longer in the cluster state", name)
         nl.delete(name)
-    if networks:
+    if networks and (previous is None or not before_nets):
         firewall.ensure_forward_accept()
 
 
@@ -73,6 +97,7 @@ class Reconciler(Follower):
         self.state_source = state_source
         self._wanted = 0
         self._waiters = []
+        self._applied = None      # the plan the last pass applied without error
         self.last_error = None
 
     def start(self):
@@ -92,9 +117,9 @@ class Reconciler(Follower):
         self._waiters.append((gen, fut))
         await asyncio.wait_for(fut, timeout)
 
-    async def step(self):
+    async def step(self, periodic=False):
         gen = self._wanted          # every kick so far is served by this pass
-        error = await self._pass()
+        error = await self._pass(full=periodic)
         for waiter in [w for w in self._waiters if w[0] <= gen]:
             self._waiters.remove(waiter)
             if not waiter[1].done():
@@ -103,13 +128,18 @@ class Reconciler(Follower):
                 else:
                     waiter[1].set_exception(error)
 
-    async def _pass(self):
+    async def _pass(self, full):
         state = self.state_source()
         if state is None:
             return ShoutdError("the cluster state is not replicated to this host yet", "unavailable")
-        networks, endpoints = desired(state, self.node)
+        plan = desired(state, self.node)
+        previous = None if full else self._applied
+        if plan == previous:
+            return None
+        self._applied = None        # until this pass succeeds, the next one checks everything
+        started = time.monotonic()
         try:
-            await self.worker.run(apply, networks, endpoints, self.underlay)
+            await self.worker.run(apply, *plan, self.underlay, previous)
         except ShoutdError as e:
             log.error("reconcile failed: %s", e)
             self.last_error = e
@@ -118,5 +148,8 @@ class Reconciler(Follower):
             log.exception("bug: reconcile failed")
             self.last_error = e
             return ShoutdError("internal error while programming the kernel: %s" % e, "internal")
+        self._applied = plan
         self.last_error = None
+        log.debug("reconciled %d networks, %d local endpoints in %.1f ms (%s)", len(plan[0]), len(plan[1]),
+                  (time.monotonic() - started) * 1000, "changes only" if previous else "full check")
         return None

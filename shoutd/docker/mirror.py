@@ -34,7 +34,7 @@ class Mirror(Follower):
         self.state_source = state_source
         self._reported = set()
 
-    async def step(self):
+    async def step(self, periodic):
         try:
             await self.sync_once()
         except ShoutdError as e:

@@ -68,10 +68,12 @@ class Host:
         index, _, mtu = self.worker.call(lambda nl: nl.underlay(self.ip))
         return Underlay(self.ip, 4789, index, mtu)
 
-    def reconcile(self, state, node):
+    def reconcile(self, state, node, previous=None):
+        """A pass as the daemon runs it; returns its plan, for a later change-only pass."""
         nets, eps = desired(state, node)
         underlay = self.underlay()
-        self.worker.call(lambda nl: apply(nl, nets, eps, underlay))
+        self.worker.call(lambda nl: apply(nl, nets, eps, underlay, previous))
+        return nets, eps
 
 
 @pytest.fixture
@@ -183,6 +185,30 @@ def test_reconcile_is_idempotent_collects_garbage_and_spares_foreign_links(hosts
     names = {l["ifname"] for l in a.ip_json("link show")}
     assert not {n for n in names if n.startswith(("shv", "shc", "shx", "shb"))} - {"shbfoo"}
     assert "shbfoo" in names
+
+
+def test_a_change_only_pass_leaves_what_a_full_check_would(hosts):
+    """Kicked passes touch only what changed; the periodic full check must then find nothing to do."""
+    a = hosts[0]
+    gone, stays, remote = "a1" * 32, "b2" * 32, "c3" * 32
+    state = cluster_state([(gone, "a", "10.50.0.10"), (stays, "a", "10.50.0.11")])
+    plan = a.reconcile(state, "a")
+    # A container stops here, one starts here, one starts on the other host, a new network appears.
+    state.apply({"op": "endpoint_remove", "endpoint": gone})
+    for ep, node, ip in (("d4" * 32, "a", "10.50.0.12"), (remote, "b", "10.50.0.13")):
+        state.apply({"op": "ip_allocate", "req": ep, "node": node, "network": "n1", "ip": ip})
+        assert "error" not in state.apply({"op": "endpoint_add", "network": "n1", "node": node, "endpoint": ep,
+                                           "ip": ip, "mac": "0a:5d:0a:32:00:%02x" % int(ip.split(".")[-1])})
+    state.apply({"op": "network_reserve", "req": "n2", "node": "a", "subnet": "10.51.0.0/24",
+                 "pool": "10.213.0.0/16", "pool_prefix": 24})
+    a.reconcile(state, "a", previous=plan)
+    changed = a.snapshot()
+    assert a.link("shv" + gone[:12]) is None and a.link("shc" + gone[:12]) is None
+    assert a.link("shv" + "d4" * 6)["master"] == "shb%d" % state.networks["n1"]["vni"]
+    assert ("0a:5d:0a:32:00:0d", "198.19.0.2") in a.fdb("shx%d" % state.networks["n1"]["vni"])
+    assert a.link("shx%d" % state.networks["n2"]["vni"])["master"] == "shb%d" % state.networks["n2"]["vni"]
+    a.reconcile(state, "a")
+    assert a.snapshot() == changed, "the full check found something the change-only pass missed"
 
 
 def test_containers_on_two_hosts_talk_l2_through_the_reconciled_kernel(hosts):

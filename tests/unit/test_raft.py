@@ -60,6 +60,24 @@ def test_concurrent_allocation_from_three_nodes_never_duplicates(trio):
     asyncio.run(main())
 
 
+def test_the_no_op_behind_each_command_commits_but_is_not_a_state_change(trio):
+    """submit() puts a no-op behind every command (see RaftNode.submit); it must stay invisible."""
+    async def main():
+        await until(lambda: all(n.status()["leader"] and n.status()["ready"] for n in trio))
+        # Settled: the leader's own first entry is applied everywhere.
+        await until(lambda: len({n.status()["last_applied"] for n in trio}) == 1)
+        changes = [[] for _ in trio]
+        for node, seen in zip(trio, changes):
+            node.on_change(lambda seen=seen: seen.append(1))
+        before = trio[0].status()["last_applied"]
+        await trio[1].submit({"op": "member_up", "node": "x", "advertise": "10.0.0.9", "raft": "x"})
+        # The command and its no-op: two entries, applied everywhere.
+        await until(lambda: all(n.status()["last_applied"] >= before + 2 for n in trio))
+        assert [len(seen) for seen in changes] == [1, 1, 1]
+        assert all(list(n.state().members) == ["x"] for n in trio)
+    asyncio.run(main())
+
+
 def test_a_refused_op_raises_a_clear_error_and_the_cluster_goes_on(trio):
     async def main():
         await until(lambda: all(n.status()["leader"] for n in trio))
