@@ -56,9 +56,11 @@ def apply(nl, networks, endpoints, underlay, previous=None):
     mtu = underlay.overlay_mtu
     before_nets, before_eps = previous if previous is not None else ((), ())
     bridges = {}
+    added = False
     for net in networks:
         if net in before_nets:
             continue
+        added = True
         alias = "shoutd " + net.label
         bridges[net.bridge] = nl.ensure_bridge(net.bridge, mtu, alias)
         nl.ensure_vxlan(net.vxlan, net.vni, underlay.local, underlay.port, underlay.index, mtu,
@@ -68,6 +70,7 @@ def apply(nl, networks, endpoints, underlay, previous=None):
     for ep in endpoints:
         if ep in before_eps:
             continue
+        added = True
         if ep.bridge not in bridges:
             bridges[ep.bridge] = nl.index(ep.bridge)
         nl.ensure_veth(ep.host, ep.peer, ep.mac, mtu, bridges[ep.bridge], "shoutd " + ep.label)
@@ -84,7 +87,9 @@ def apply(nl, networks, endpoints, underlay, previous=None):
     for name in sorted(stale, key=lambda n: order[n[:3]]):
         log.info("removing %s: no longer in the cluster state", name)
         nl.delete(name)
-    if networks and (previous is None or not before_nets):
+    # Docker may load br_netfilter after our first pass (shoutd starts first at
+    # boot), so look again whenever a container or network arrives here.
+    if networks and added:
         firewall.ensure_forward_accept()
 
 

@@ -13,9 +13,17 @@ engine's shoutd networks with the cluster's:
   is removed here.
 It runs on every state change, after each CreateNetwork and periodically, and
 only once Raft has caught up, so an unreplayed state never deletes anything.
+
+Docker drops a network from its list as soon as `docker network rm` starts,
+before it calls our DeleteNetwork, which then settles the cluster's view
+(removes the network, or unbinds this host so that the copy comes back).  So a
+network still bound to this host but missing here is left alone for a while:
+only a binding missing for longer than STALE_BINDING (Docker lost its copy
+without telling us) makes the copy again.
 """
 
 import logging
+import time
 
 from ..errors import ShoutdError
 from ..follower import Follower
@@ -23,16 +31,20 @@ from ..service import NETWORK_OPTION
 
 log = logging.getLogger(__name__)
 
+STALE_BINDING = 30.0    # seconds; well beyond a DeleteNetwork's commit timeout
+
 
 class Mirror(Follower):
-    def __init__(self, engine, driver, node, submit, state_source, interval=10.0):
+    def __init__(self, engine, driver, node, submit, state_source, interval=10.0, clock=time.monotonic):
         super().__init__(interval)
         self.engine = engine
         self.driver = driver
         self.node = node
         self.submit = submit
         self.state_source = state_source
+        self.clock = clock
         self._reported = set()
+        self._missing = {}          # (network id, Docker id) bound here but not in Docker -> since when
 
     async def step(self, periodic):
         try:
@@ -60,14 +72,21 @@ class Mirror(Follower):
                 await self._remove_stale(dn)
             elif net["name"] is None:
                 await self._name(net, dn)
+        now, missing = self.clock(), {}
         for net in state.networks.values():
-            if net["name"] is None or net["bindings"].get(self.node) in local_ids:
+            bound = net["bindings"].get(self.node)
+            if net["name"] is None or bound in local_ids:
                 continue
+            if bound is not None:       # being removed here, most likely: see the module note
+                since = missing[net["id"], bound] = self._missing.get((net["id"], bound), now)
+                if now - since < STALE_BINDING:
+                    continue
             if net["name"] in local_names:
                 self._report("clash " + net["id"], "cannot mirror shoutd network %s: this host's "
                              "Docker already has a different network with that name" % net["name"])
                 continue
             await self._create(net)
+        self._missing = missing
 
     async def _name(self, net, dn):
         try:

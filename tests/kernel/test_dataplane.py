@@ -264,3 +264,23 @@ def test_bridged_traffic_is_let_past_iptables_when_br_netfilter_is_on(hosts):
         sh("ip -n %s addr add %s/24 dev eth0" % (ns, ip))
         sh("ip -n %s link set eth0 up" % ns)
     sh("ip netns exec %s busybox ping -c 2 -W 2 10.50.0.21" % c)
+
+
+def test_br_netfilter_turned_on_after_start_is_seen_when_a_container_arrives(hosts):
+    """At boot shoutd programs its networks before Docker loads br_netfilter."""
+    a = hosts[0]
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        sh("modprobe br_netfilter", check=False)
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables") or \
+            sh("which iptables", check=False).strip() == "":
+        pytest.skip("br_netfilter or iptables is not available")
+    sh("ip netns exec %s sysctl -qw net.bridge.bridge-nf-call-iptables=0" % a.name)
+    state = cluster_state()
+    plan = a.reconcile(state, "a")
+    assert "shoutd" not in sh("ip netns exec %s iptables -S FORWARD" % a.name), "not needed yet"
+    sh("ip netns exec %s sysctl -qw net.bridge.bridge-nf-call-iptables=1" % a.name)   # dockerd starts
+    state.apply({"op": "ip_allocate", "req": "r", "node": "a", "network": "n1", "ip": "10.50.0.30"})
+    state.apply({"op": "endpoint_add", "network": "n1", "node": "a", "endpoint": "5" * 64, "ip": "10.50.0.30",
+                 "mac": "0a:5d:0a:32:00:1e"})
+    a.reconcile(state, "a", previous=plan)                                              # a change-only pass
+    assert sh("ip netns exec %s iptables -S FORWARD" % a.name).count("shoutd") == 1
