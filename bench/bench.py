@@ -8,7 +8,7 @@
    machine is noisy; each figure is the median of its rounds.
 2. UDP multicast at 100 Mbit/s from host 1 to receivers on hosts 2 and 3: loss.
 3. `docker run` time on a shoutd network against a local bridge network.
-4. Resident memory of each shoutd daemon.
+4. Resident memory and idle CPU of each shoutd daemon.
 5. (--parts commit, no lab) Raft commit latency of three RaftNodes on
    loopback, proposed on the leader and on a follower: what every IPAM and
    endpoint call waits for.
@@ -150,6 +150,18 @@ def commit_latency(count=200):
             n.destroy()
 
 
+def idle_cpu(lab, seconds=10):
+    """Share of one core each shoutd uses while nothing happens (Raft heartbeats, periodic passes)."""
+    def ticks(h):
+        with open("/proc/%d/stat" % h.shoutd.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])          # utime + stime
+    before = {h.n: ticks(h) for h in lab.hosts}
+    time.sleep(seconds)
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"host%d" % h.n: 100.0 * (ticks(h) - before[h.n]) / hz / seconds for h in lab.hosts}
+
+
 def memory(lab):
     """VmRSS of each shoutd (nsenter execs it, so the Popen pid is shoutd's)."""
     rss = {}
@@ -189,12 +201,13 @@ def in_the_lab(args, parts):
         if "run" in parts:
             out["run"] = docker_run(lab, args.rounds * 2)
         out["mem"] = memory(lab)
+        out["idle"] = idle_cpu(lab)
     finally:
         lab.down()
     return out
 
 
-def report(args, med=None, raw=None, mc=None, run=None, mem=None, commit=None):
+def report(args, med=None, raw=None, mc=None, run=None, mem=None, idle=None, commit=None):
     print("\n== shoutd benchmark (%d rounds of %d s, alternating) ==" % (args.rounds, args.seconds))
     if raw:
         for k, v in raw.items():
@@ -208,6 +221,8 @@ def report(args, med=None, raw=None, mc=None, run=None, mem=None, commit=None):
               % (run["shoutd"], run["bridge"], run["shoutd"] / run["bridge"]))
     if mem:
         print("shoutd resident memory: " + ", ".join("%s %.1f MiB" % kv for kv in sorted(mem.items())))
+    if idle:
+        print("shoutd idle CPU (% of a core): " + ", ".join("%s %.1f" % kv for kv in sorted(idle.items())))
     for role, (median, p90) in (commit or {}).items():
         print("Raft commit proposed on the %-8s: median %.1f ms, p90 %.1f ms" % (role, median, p90))
 
