@@ -100,6 +100,7 @@ def check_port_free(host, port):
 
 
 JOIN = "shoutd_join"
+JOIN_GRACE = 1.0        # seconds between answering a join request and acting on it
 
 
 class RaftNode:
@@ -264,7 +265,9 @@ class RaftNode:
         if self.loop is None or self.on_join is None:
             return callback("%s is not ready to join yet; try again" % self.self_addr, None)
         callback("joining", None)
-        self.loop.call_soon_threadsafe(self.on_join, members)
+        # Rebuild only once the asker has read "joining": PySyncObj's client
+        # treats a hang-up that arrives with the reply as a lost connection.
+        self.loop.call_soon_threadsafe(self.loop.call_later, JOIN_GRACE, self.on_join, members)
 
     async def rejoin(self, members):
         """Drop this one-node cluster and start again as a member of `members`."""
