@@ -27,6 +27,7 @@ class Notifier:
     def __init__(self):
         self._sd = sdnotify.SystemdNotifier()
         self._last = None
+        self.serving = False      # set once the plugin socket serves: READY=1 waits for it too
         self.ready = False
 
     def _send(self, text):
@@ -42,23 +43,24 @@ class Notifier:
             self._send("WATCHDOG=1")
 
     def status(self, status):
+        """Called on every Raft change and by the loop below: READY=1 as soon as it is true."""
         text = describe(status)
         if text != self._last:
             self._last = text
             self._send("STATUS=" + text)
+        if self.serving and not self.ready and status["ready"] and status["leader"] is not None:
+            self.ready = True
+            self._send("READY=1")
+            log.info("ready: %s", text)
 
     async def until_ready(self, raft, stopping):
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if os.environ.get("WATCHDOG_PID") not in (None, str(os.getpid())):
             usec = 0
         period = usec / 2e6 if usec else None
+        self.serving = True
         while not stopping.is_set():
-            status = raft.status()
-            self.status(status)
-            if not self.ready and status["ready"] and status["leader"] is not None:
-                self.ready = True
-                self._send("READY=1")
-                log.info("ready: %s", describe(status))
+            self.status(raft.status())
             if period:
                 self._send("WATCHDOG=1")
             await asyncio.sleep(min(period or 1.0, 1.0) if self.ready else 0.2)

@@ -160,7 +160,9 @@ def test_a_docker_plugin_call_starts_the_stopped_service(machines):
     assert m3.run("systemctl is-active shoutd.service", check=False).stdout.strip() == "inactive"
     assert m3.run("systemctl is-active shoutd.socket").stdout.strip() == "active"
     m3.run("docker network create -d shoutd --ipam-driver shoutd activated", timeout=120)
-    assert m3.run("systemctl is-active shoutd.service").stdout.strip() == "active"
+    # Docker's call is served from the socket; READY=1 follows once Raft has a leader.
+    wait(lambda: m3.run("systemctl is-active shoutd.service", check=False).stdout.strip() == "active",
+         timeout=60, what="shoutd active")
     log = m3.run("journalctl -u shoutd -b --no-pager -o cat").stdout
     assert "socket passed by systemd" in log
 
