@@ -131,17 +131,33 @@ class Daemon:
         self.service = Service(raft, self.reconciler, self.node, cfg,
                                on_network_changed=lambda _id: self.mirror.kick(delay=0.5))
         self.dbus = None
+        self.registered = False     # this process's member_up has committed: see ready_state
         self.known_members = load_members(cfg.state_dir)
         raft.loop = self.loop
         raft.on_change(lambda: self.loop.call_soon_threadsafe(self.changed))
         raft.on_join = lambda members: asyncio.ensure_future(self.join(members))
 
     def ready_state(self):
-        """The state, once Raft has caught up with the leader; else None."""
-        return self.raft.state() if self.raft.status()["ready"] else None
+        """The state, once it is known to be current; else None.
+
+        PySyncObj calls a node ready when it has applied up to the commit index
+        it knows, but a node that restarts and wins the election knows only the
+        commit index in its own journal, which can lag the entries it holds.
+        Acting on that state would remove veths of running containers.  So the
+        state counts as current only after this process's own registration has
+        committed: every entry committed before it has then been applied here.
+        """
+        return self.raft.state() if self.current() else None
+
+    def current(self):
+        return self.registered and self.raft.status()["ready"]
+
+    def status(self):
+        """Raft's status, with "ready" meaning ready_state() would answer."""
+        return dict(self.raft.status(), ready=self.current())
 
     def changed(self):
-        status = self.raft.status()
+        status = self.status()
         self.remember_members(status)
         self.reconciler.kick()
         self.mirror.kick()
@@ -165,6 +181,7 @@ class Daemon:
     async def join(self, members):
         """Another member ran AddPeer for this host: become part of its cluster."""
         try:
+            self.registered = False
             await self.raft.rejoin(members)
             await self.register()
         except ShoutdError as e:
@@ -186,6 +203,8 @@ class Daemon:
                 await self.raft.submit(op, timeout=5.0)
                 log.info("member %s (VTEP %s) registered; leader %s", self.node,
                          self.cfg.advertise_address, self.raft.status()["leader"])
+                self.registered = True
+                self.changed()
                 return
             except ShoutdError as e:
                 if e.kind != "unavailable":
@@ -203,7 +222,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         registering = asyncio.create_task(self.register())
-        ready = asyncio.create_task(self.notifier.until_ready(self.raft, self.stopping))
+        ready = asyncio.create_task(self.notifier.until_ready(self.status, self.stopping))
         try:
             await self.stopping.wait()
         finally:

@@ -53,14 +53,14 @@ class Notifier:
             self._send("READY=1")
             log.info("ready: %s", text)
 
-    async def until_ready(self, raft, stopping):
+    async def until_ready(self, status_source, stopping):
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if os.environ.get("WATCHDOG_PID") not in (None, str(os.getpid())):
             usec = 0
         period = usec / 2e6 if usec else None
         self.serving = True
         while not stopping.is_set():
-            self.status(raft.status())
+            self.status(status_source())
             if period:
                 self._send("WATCHDOG=1")
             await asyncio.sleep(min(period or 1.0, 1.0) if self.ready else 0.2)

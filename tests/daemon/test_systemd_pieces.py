@@ -77,7 +77,8 @@ def test_notify_ready_status_and_watchdog(world):
     collect(4)
     assert "READY=1" in messages, messages
     ready_at = messages.index("READY=1")
-    assert any(m.startswith("STATUS=leader 198.20.0.1:7380") for m in messages[ready_at - 1:]), messages
+    last_status = [m for m in messages[:ready_at] if m.startswith("STATUS=")][-1]
+    assert last_status.startswith("STATUS=leader 198.20.0.1:7380"), messages   # what systemctl shows at READY
     assert messages[ready_at:].count("WATCHDOG=1") >= 2
     h.stop()
     collect(1)
