@@ -129,7 +129,8 @@ class Daemon:
         self.engine = Engine(cfg.docker_socket)
         self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, self.ready_state)
         self.service = Service(raft, self.reconciler, self.node, cfg,
-                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5))
+                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5),
+                               is_current=self.current)
         self.dbus = None
         self.registered = False     # this process's member_up has committed: see ready_state
         self.known_members = load_members(cfg.state_dir)

@@ -6,6 +6,7 @@ replicated state, and (where the kernel must change before the caller goes
 on) waits for the reconciler.  Nothing here touches netlink or Docker.
 """
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -39,15 +40,31 @@ def _ip(text, what):
 
 
 class Service:
-    def __init__(self, raft, reconciler, node, config, on_network_changed=None):
+    def __init__(self, raft, reconciler, node, config, on_network_changed=None, is_current=None):
         self.raft = raft
         self.reconciler = reconciler
         self.node = node
         self.config = config
         self.on_network_changed = on_network_changed or (lambda docker_id: None)
+        self.is_current = is_current or (lambda: True)
 
     def state(self):
         return self.raft.state()
+
+    async def until_current(self, timeout=30.0):
+        """Wait until this host's copy of the state is current (see Daemon.ready_state).
+
+        Docker's calls decide from the state (is this endpoint ours? is that
+        address free?), so right after a restart they wait for it rather than
+        act on a copy that may lack the last entries.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.is_current():
+            if loop.time() > deadline:
+                raise ShoutdError("this host has not caught up with the cluster within %gs: %s"
+                                  % (timeout, self.raft.quorum_hint()), UNAVAILABLE)
+            await asyncio.sleep(0.05)
 
     # -- cluster membership (D-Bus, shoutdctl) ---------------------------
 

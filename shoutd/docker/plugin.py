@@ -49,7 +49,7 @@ def _field(body, name, kind=str, required=True):
     return value
 
 
-def _endpoint(fn):
+def _endpoint(fn, needs_state):
     async def handler(request):
         method = request.path.lstrip("/")
         try:
@@ -62,6 +62,8 @@ def _endpoint(fn):
                 raise ShoutdError("request body must be a JSON object")
             log.debug("%s %s", method, body)
             started = time.monotonic()
+            if needs_state:
+                await request.app[SERVICE].until_current()
             answer = await fn(request.app[SERVICE], body)
             # Docker waits on every call; this is where `docker run` time goes.
             log.debug("%s answered in %.1f ms", method, (time.monotonic() - started) * 1000)
@@ -206,6 +208,16 @@ ROUTES = {
 }
 
 
+# Calls that decide from the cluster state wait until this host's copy is
+# current.  Activation and capabilities must answer at once (Docker probes
+# plugins with short timeouts), and AuthZ sees every Docker API call.
+NEEDS_STATE = {name for name in ROUTES if name.startswith(("NetworkDriver.", "IpamDriver."))} - {
+    "NetworkDriver.GetCapabilities", "NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete",
+    "NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity",
+    "NetworkDriver.AllocateNetwork", "NetworkDriver.FreeNetwork",
+    "IpamDriver.GetCapabilities", "IpamDriver.GetDefaultAddressSpaces"}
+
+
 async def _unknown(request):
     msg = "shoutd does not implement %s" % request.path.lstrip("/")
     return _reply({"Err": msg, "Error": msg}, 404)
@@ -215,6 +227,6 @@ def make_app(service):
     app = web.Application(client_max_size=1 << 20)
     app[SERVICE] = service
     for name, fn in ROUTES.items():
-        app.router.add_post("/" + name, _endpoint(fn))
+        app.router.add_post("/" + name, _endpoint(fn, name in NEEDS_STATE))
     app.router.add_route("*", "/{tail:.*}", _unknown)
     return app

@@ -19,6 +19,9 @@ class FakeRaft:
     def state(self):
         return ClusterState(copy.deepcopy(self.cluster.data))
 
+    def quorum_hint(self):
+        return "no leader is elected"
+
     async def submit(self, op, timeout=10.0):
         self.ops.append(copy.deepcopy(op))
         result = copy.deepcopy(self.cluster.apply(copy.deepcopy(op)))

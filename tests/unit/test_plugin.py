@@ -7,6 +7,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from shoutd.docker.plugin import ROUTES, make_app
+from shoutd.errors import ShoutdError
 from shoutd.service import Service
 
 from .fakes import Config, FakeRaft, FakeReconciler
@@ -202,4 +203,23 @@ def test_authz_refuses_removing_a_network_used_on_another_host_and_nothing_else(
         assert (await ask("DELETE", "/v1.41/networks/web"))[0]
         assert await h.call(c, "AuthZPlugin.AuthZRes", {"RequestMethod": "GET"}) == (200, {"Allow": True})
         assert await h.call(c, "AuthZPlugin.AuthZReq", {"RequestMethod": 5}) == (200, {"Allow": True})
+    run(t)
+
+
+def test_right_after_a_restart_state_calls_wait_for_the_state_and_probes_do_not():
+    async def t(h, c):
+        current = []
+        h.service.is_current = lambda: bool(current)
+        assert (await h.call(c, "Plugin.Activate"))[0] == 200          # Docker's probe is answered at once
+        pool = asyncio.ensure_future(h.call(c, "IpamDriver.RequestPool",
+                                            {"AddressSpace": "shoutd", "Pool": "", "Options": {}, "V6": False}))
+        await asyncio.sleep(0.3)
+        assert not pool.done() and h.raft.ops == [], "nothing is decided from a state that may be behind"
+        current.append(True)
+        status, reply = await pool
+        assert status == 200 and reply["Pool"], reply
+        current.clear()
+        with pytest.raises(ShoutdError) as e:
+            await h.service.until_current(timeout=0.1)
+        assert "not caught up with the cluster" in e.value.message
     run(t)
