@@ -126,7 +126,7 @@ class Service:
                      "endpoints": len(state.endpoints_of(n["id"]))}
                     for n in sorted(state.networks.values(), key=lambda n: n["vni"])]
         return {"self": self.node, "leader": st["leader"] or "", "term": st["term"],
-                "quorum": st["has_quorum"], "ready": st["ready"], "members": members, "networks": networks}
+                "quorum": st["has_quorum"], "ready": self.is_current(), "members": members, "networks": networks}
 
     async def _submit(self, **op):
         op.setdefault("node", self.node)
