@@ -151,11 +151,12 @@ class Daemon:
         return self.raft.state() if self.current() else None
 
     def current(self):
-        return self.registered and self.raft.status()["ready"]
+        return self.status()["ready"]
 
     def status(self):
         """Raft's status, with "ready" meaning ready_state() would answer."""
-        return dict(self.raft.status(), ready=self.current())
+        raw = self.raft.status()
+        return dict(raw, ready=self.registered and raw["ready"])
 
     def changed(self):
         status = self.status()

@@ -103,7 +103,6 @@ class Reconciler(Follower):
         self._wanted = 0
         self._waiters = []
         self._applied = None      # the plan the last pass applied without error
-        self.last_error = None
 
     def start(self):
         super().start()
@@ -147,14 +146,11 @@ class Reconciler(Follower):
             await self.worker.run(apply, *plan, self.underlay, previous)
         except ShoutdError as e:
             log.error("reconcile failed: %s", e)
-            self.last_error = e
             return e
         except Exception as e:  # noqa: BLE001 - the loop must survive a bug
             log.exception("bug: reconcile failed")
-            self.last_error = e
             return ShoutdError("internal error while programming the kernel: %s" % e, "internal")
         self._applied = plan
-        self.last_error = None
         log.debug("reconciled %d networks, %d local endpoints in %.1f ms (%s)", len(plan[0]), len(plan[1]),
                   (time.monotonic() - started) * 1000, "changes only" if previous else "full check")
         return None
