@@ -113,17 +113,12 @@ def commit_latency(count=200):
     """Median and 90th percentile of submit() on a 3-node cluster, in ms."""
     import asyncio
     import secrets
-    import socket
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from shoutd.raft import RaftNode
+    from unit.test_raft import free_ports
 
-    ports = []
-    for _ in range(3):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    addrs = ["127.0.0.1:%d" % p for p in ports]
+    addrs = ["127.0.0.1:%d" % p for p in free_ports(3)]
     secret = secrets.token_hex(16)
     nodes = [RaftNode(a, addrs, secret) for a in addrs]
 
