@@ -42,9 +42,9 @@ def chroot(root, cmd, **kw):
     return sh(["chroot", root, "sh", "-c", cmd], env=env, **kw)
 
 
-def installed_tree(deb, image_tar):
-    """The bootstrapped tree plus docker.io and shoutd, installed by apt."""
-    digest = hashlib.sha256(open(deb, "rb").read()).hexdigest()[:12]
+def installed_tree(debs, image_tar):
+    """The bootstrapped tree plus docker.io and shoutd (with its PySyncObj backport), installed by apt."""
+    digest = hashlib.sha256(b"".join(open(d, "rb").read() for d in debs)).hexdigest()[:12]
     tree = os.path.join(CACHE, "installed-" + digest)
     if os.path.exists(os.path.join(tree, ".complete")):
         return tree, open(os.path.join(tree, ".apt-log")).read()
@@ -54,14 +54,16 @@ def installed_tree(deb, image_tar):
             shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
     sh(["cp", "-a", base, tree])
     shutil.copy("/etc/resolv.conf", os.path.join(tree, "etc/resolv.conf"))
-    shutil.copy(deb, os.path.join(tree, "root", os.path.basename(deb)))
+    for deb in debs:
+        shutil.copy(deb, os.path.join(tree, "root", os.path.basename(deb)))
     shutil.copy(image_tar, os.path.join(tree, "root/image.tar"))
     for d in ("proc", "sys", "dev"):
         sh(["mount", "--bind", "/" + d, os.path.join(tree, d)])
     try:
         chroot(tree, "apt-get update -q")
         chroot(tree, "apt-get install -y -q --no-install-recommends docker.io iptables busybox-static", timeout=1800)
-        log = chroot(tree, "apt-get install -y -q ./root/%s" % os.path.basename(deb), timeout=1800).stdout
+        log = chroot(tree, "apt-get install -y -q %s" % " ".join("./root/" + os.path.basename(d) for d in debs),
+                     timeout=1800).stdout
     finally:
         for d in ("dev", "sys", "proc"):
             sh(["umount", "-l", os.path.join(tree, d)], check=False)

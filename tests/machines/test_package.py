@@ -47,6 +47,11 @@ def deb():
     return sh(["bash", os.path.join(ROOT, "packaging/build-deb")]).stdout.strip().splitlines()[-1]
 
 
+@pytest.fixture(scope="module")
+def pysyncobj_deb():
+    return sh(["bash", os.path.join(ROOT, "packaging/build-pysyncobj")]).stdout.strip().splitlines()[-1]
+
+
 def test_lintian_reports_no_errors(deb):
     res = sh(["lintian", deb], check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     errors = [l for l in res.stdout.splitlines() if l.startswith("E:")]
@@ -59,8 +64,8 @@ def test_lintian_reports_no_errors(deb):
 
 
 @pytest.fixture(scope="module")
-def machines(deb):
-    tree, apt_log = installed_tree(deb, build_image(IMAGE_CACHE))
+def machines(deb, pysyncobj_deb):
+    tree, apt_log = installed_tree([pysyncobj_deb, deb], build_image(IMAGE_CACHE))
     work = tempfile.mkdtemp(prefix="shoutd-machines-", dir="/var/tmp")
     sh("ip link add %s type bridge && ip link set %s up" % (BRIDGE, BRIDGE))
     sh("iptables -I FORWARD -i %s -o %s -j ACCEPT" % (BRIDGE, BRIDGE), check=False)
@@ -100,6 +105,8 @@ def test_apt_install_pulled_in_the_debian_dependencies(machines):
     for pkg in ("python3-pysyncobj", "python3-pyroute2", "python3-dbus-next", "python3-aiohttp",
                 "python3-sdnotify", "python3-cryptography"):
         assert machines[0].run("dpkg-query -W -f='${Status}' %s" % pkg).stdout == "install ok installed", pkg
+    # The backport, not Debian's older release: the Raft term and vote survive restarts.
+    assert machines[0].run("dpkg-query -W -f='${Version}' python3-pysyncobj").stdout.startswith("0.3.17")
     assert "shoutd" in log
     assert machines[0].run("stat -c %a /etc/shoutd/secret").stdout.strip() == "600"
     assert machines[0].run("test -f /usr/share/dbus-1/system.d/org.darkkitchen.Shoutd.conf").returncode == 0
