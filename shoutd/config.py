@@ -46,6 +46,15 @@ def _pool(text):
     return str(ipaddress.IPv4Network(text.strip()))
 
 
+def _boolean(text):
+    value = str(text).strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("use yes or no")
+
+
 def _prefix(text):
     value = int(text)
     if not 8 <= value <= 30:
@@ -65,6 +74,8 @@ SETTINGS = [
     Setting("secret_file", "/etc/shoutd/secret", "the cluster secret shared by every member"),
     Setting("default_pool", "10.213.0.0/16", "subnets for networks created without --subnet", _pool),
     Setting("default_subnet_size", 24, "prefix length of subnets taken from default_pool", _prefix),
+    Setting("journal_sync", True, "fsync the Raft journal before acknowledging a change, so that "
+            "acknowledged changes survive a power loss (yes or no)", _boolean),
     Setting("log_level", "info", "debug, info, warning or error"),
 ]
 
@@ -81,6 +92,7 @@ class Config:
     secret_file: str = ""
     default_pool: str = ""
     default_subnet_size: int = 24
+    journal_sync: bool = True
     log_level: str = "info"
 
     @property

@@ -1,6 +1,7 @@
 """shoutdctl: the command line, talking D-Bus to the local shoutd.
 
     shoutdctl status | networks | peers [--json]
+    shoutdctl network NAME [--json]
     shoutdctl peers add|remove ADDRESS
     shoutdctl start ADVERTISE_ADDRESS [--peer-addresses=A,B]
 
@@ -79,6 +80,9 @@ def show_status(st):
     print("leader   %s" % (st["Leader"] or "none (no quorum?)"))
     print("term     %d   quorum %s   ready %s" % (st["Term"], "yes" if st["Quorum"] else "NO",
                                                   "yes" if st["Ready"] else "no"))
+    if "Applied" in st:
+        # Equal on every host that has applied the same log.
+        print("state    %d operations applied, digest %s" % (st["Applied"], st["StateDigest"]))
     print()
     show_members(st)
     print()
@@ -93,9 +97,25 @@ def show_networks(st):
     print(table([list(n) for n in st["Networks"]], ["NETWORK", "SUBNET", "VNI", "ENDPOINTS"]))
 
 
+def show_network(net):
+    print("network  %s  (id %s)" % (net["Name"] or "-", net["Id"]))
+    print("subnet   %s   gateway %s   VNI %d" % (net["Subnet"], net["Gateway"], net["VNI"]))
+    print("hosts    %s" % (", ".join(net["Hosts"]) or "none"))
+    print()
+    print(table([[a[0], a[2] or a[1], a[1], a[3][:12] or "-"] for a in net["Addresses"]],
+                ["ADDRESS", "HOST", "MEMBER", "ENDPOINT"]))
+
+
+def network_json(net):
+    print(json.dumps({"name": net["Name"], "id": net["Id"], "subnet": net["Subnet"], "gateway": net["Gateway"],
+                      "vni": net["VNI"], "hosts": net["Hosts"],
+                      "addresses": [dict(zip(("address", "member", "hostname", "endpoint"), a))
+                                    for a in net["Addresses"]]}, indent=2))
+
+
 def as_json(st, part=None):
     out = {"self": st["Self"], "leader": st["Leader"], "term": st["Term"], "quorum": st["Quorum"],
-           "ready": st["Ready"],
+           "ready": st["Ready"], "applied": st.get("Applied"), "digest": st.get("StateDigest"),
            "members": [dict(zip(("address", "vtep", "hostname", "state"), m)) for m in st["Members"]],
            "networks": [dict(zip(("name", "subnet", "vni", "endpoints"), n)) for n in st["Networks"]]}
     print(json.dumps(out[part] if part else out, indent=2))
@@ -137,10 +157,15 @@ def parser():
                                 epilog="exit codes: 0 ok, 1 refused, 2 usage, 3 not running, "
                                        "4 permission denied, 5 no quorum")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    # --json is accepted after the subcommand too, where people put it.
+    json_too = argparse.ArgumentParser(add_help=False)
+    json_too.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="this node, leader, members and networks")
-    sub.add_parser("networks", help="the cluster's networks")
-    peers = sub.add_parser("peers", help="list, add or remove cluster members")
+    sub.add_parser("status", parents=[json_too], help="this node, leader, members and networks")
+    sub.add_parser("networks", parents=[json_too], help="the cluster's networks")
+    one = sub.add_parser("network", parents=[json_too], help="one network: its hosts and who holds each address")
+    one.add_argument("name", help="the network's name (or shoutd id)")
+    peers = sub.add_parser("peers", parents=[json_too], help="list, add or remove cluster members")
     peers.add_argument("action", nargs="?", choices=["add", "remove"])
     peers.add_argument("address", nargs="?", help="IPv4 address, optionally :port")
     st = sub.add_parser("start", help="write the config and enable and start the service")
@@ -160,6 +185,10 @@ async def run(args):
         member = "AddPeer" if args.action == "add" else "RemovePeer"
         await call(member, "s", [args.address])
         print("%s: %s" % ("added" if args.action == "add" else "removed", args.address))
+        return
+    if args.command == "network":
+        net = unwrap((await call("Network", "s", [args.name]))[0])
+        network_json(net) if args.json else show_network(net)
         return
     st = unwrap((await call("Status"))[0])
     part = {"networks": "networks", "peers": "members"}.get(args.command)

@@ -8,7 +8,7 @@ replicated state: the kernel reconciler and the Docker network mirror.
 """
 
 import asyncio
-import json
+import faulthandler
 import logging
 import os
 import signal
@@ -27,8 +27,9 @@ from .docker.mirror import Mirror
 from .docker.plugin import make_app
 from .errors import ShoutdError
 from .notify import Notifier
-from .raft import RaftNode
+from .raft import JOIN, JoinRequests, MemberFile, RaftNode, check_port_free, check_pysyncobj
 from .service import Service
+from .state import EVERYTHING, ENDPOINTS, MEMBERS, NETWORKS
 
 log = logging.getLogger("shoutd")
 
@@ -97,94 +98,65 @@ def plugin_socket(cfg):
     return sock, True
 
 
-MEMBERS_FILE = "members.json"
-
-
-def load_members(state_dir):
-    try:
-        with open(os.path.join(state_dir, MEMBERS_FILE)) as f:
-            members = json.load(f)
-        return sorted(m for m in members if isinstance(m, str))
-    except (OSError, ValueError, TypeError):
-        return []
-
-
-def save_members(state_dir, members):
-    path = os.path.join(state_dir, MEMBERS_FILE)
-    with open(path + ".new", "w") as f:
-        json.dump(members, f)
-    os.replace(path + ".new", path)
-
-
 class Daemon:
-    def __init__(self, cfg, raft, worker, underlay, notifier):
+    def __init__(self, cfg, raft, worker, underlay, notifier, member_file, joins=None):
         self.cfg = cfg
         self.raft = raft
         self.worker = worker
         self.node = cfg.raft_address
         self.notifier = notifier
+        self.member_file = member_file
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self.reconciler = Reconciler(worker, self.node, underlay, self.ready_state)
+        self.exit_code = 0
+        self.reconciler = Reconciler(worker, self.node, underlay, self.current_state)
         self.engine = Engine(cfg.docker_socket)
-        self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, self.ready_state)
+        self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, self.current_state)
         self.service = Service(raft, self.reconciler, self.node, cfg,
-                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5),
-                               is_current=self.current)
+                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5))
         self.dbus = None
-        self.registered = False     # this process's member_up has committed: see ready_state
-        self.known_members = load_members(cfg.state_dir)
-        raft.loop = self.loop
-        raft.on_change(lambda: self.loop.call_soon_threadsafe(self.changed))
-        raft.on_join = lambda members: asyncio.ensure_future(self.join(members))
+        self._change_pending = False
+        self._followers_current = False
+        if joins is not None:
+            joins.on_join = lambda members: asyncio.ensure_future(self.join(members))
+        raft.attach(self.loop, self.changed)
 
-    def ready_state(self):
-        """The state, once it is known to be current; else None.
-
-        PySyncObj calls a node ready when it has applied up to the commit index
-        it knows, but a node that restarts and wins the election knows only the
-        commit index in its own journal, which can lag the entries it holds.
-        Acting on that state would remove veths of running containers.  So the
-        state counts as current only after this process's own registration has
-        committed: every entry committed before it has then been applied here.
-        """
-        return self.raft.state() if self.current() else None
-
-    def current(self):
-        return self.status()["ready"]
-
-    def status(self):
-        """Raft's status, with "ready" meaning ready_state() would answer."""
-        raw = self.raft.status()
-        return dict(raw, ready=self.registered and raw["ready"])
+    def current_state(self):
+        """The state, once this process knows it is current (see RaftNode.caught_up); else None."""
+        return self.raft.state if self.raft.caught_up.is_set() else None
 
     def changed(self):
-        status = self.status()
-        self.remember_members(status)
-        self.reconciler.kick()
-        self.mirror.kick()
-        self.notifier.status(status)
+        """A state or status change: followers are told once per loop turn, however many came."""
+        if not self._change_pending:
+            self._change_pending = True
+            self.loop.call_soon(self._tell_followers)
+
+    def _tell_followers(self):
+        self._change_pending = False
+        status = self.raft.status
+        self.member_file.remember(status)
+        parts = self.raft.state.take_changes()
+        current = self.raft.caught_up.is_set()
+        if current and not self._followers_current:
+            parts = set(EVERYTHING)         # the first look at a current state: everything is news
+        self._followers_current = current
+        if parts & {MEMBERS, NETWORKS, ENDPOINTS}:
+            self.reconciler.kick()
+        if parts & {MEMBERS, NETWORKS}:
+            self.mirror.kick()
+        self.notifier.status(self.status())
         if self.dbus is not None:
-            self.dbus[1].refresh()
+            self.dbus.refresh(parts)
 
-    def remember_members(self, st):
-        """Keep the current membership on disk for the next start.
-
-        PySyncObj replays membership *changes* from its journal on top of
-        the nodes it is started with, so a host that joined through AddPeer
-        would come back knowing only the members added after the first one.
-        """
-        members = sorted(st["nodes"])
-        if st["leader"] is None or members == self.known_members:
-            return
-        self.known_members = members
-        save_members(self.cfg.state_dir, members)
+    def status(self):
+        """Raft's status as the notifier and D-Bus see it: "ready" means the state is current."""
+        return self.raft.status, self.raft.caught_up.is_set()
 
     async def join(self, members):
         """Another member ran AddPeer for this host: become part of its cluster."""
         try:
-            self.registered = False
-            await self.raft.rejoin(members)
+            log.info("joining the cluster of %s", ", ".join(m for m in members if m != self.node))
+            await self.raft.rebuild(members)
             await self.register()
         except ShoutdError as e:
             log.error("joining the cluster of %s failed: %s", ", ".join(members), e)
@@ -202,16 +174,26 @@ class Daemon:
               "raft": self.node, "hostname": socket.gethostname()}
         while not self.stopping.is_set():
             try:
-                await self.raft.submit(op, timeout=5.0)
+                await self.raft.register(op)
                 log.info("member %s (VTEP %s) registered; leader %s", self.node,
-                         self.cfg.advertise_address, self.raft.status()["leader"])
-                self.registered = True
-                self.changed()
+                         self.cfg.advertise_address, self.raft.status.leader)
                 return
             except ShoutdError as e:
                 if e.kind != "unavailable":
                     raise
                 log.info("waiting for the cluster: %s", e)
+                await asyncio.sleep(0.5)
+
+    async def watch_raft(self):
+        """Leave (and let systemd restart us) if the Raft thread dies; see Notifier for a wedged one."""
+        while not self.stopping.is_set():
+            problem = self.raft.health()
+            if problem is not None and not self.raft.sync.tick_thread_alive():
+                log.error("%s; exiting so that the service is restarted", problem)
+                self.exit_code = 1
+                self.stopping.set()
+                return
+            await asyncio.sleep(1.0)
 
     async def run(self):
         sock, owned = plugin_socket(self.cfg)
@@ -223,23 +205,24 @@ class Daemon:
         await self.connect_dbus()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
-        registering = asyncio.create_task(self.register())
-        ready = asyncio.create_task(self.notifier.until_ready(self.status, self.stopping))
+        tasks = [asyncio.create_task(self.register()), asyncio.create_task(self.watch_raft()),
+                 asyncio.create_task(self.notifier.run(self.status, self.raft.health, self.stopping))]
         try:
             await self.stopping.wait()
         finally:
             log.info("stopping; the kernel data plane stays up, so containers keep talking")
             self.notifier.stopping()
-            for task in (registering, ready):
+            for task in tasks:
                 task.cancel()
             await self.mirror.stop()
             await self.reconciler.stop()
             await runner.cleanup()
             await self.engine.close()
             if self.dbus is not None:
-                self.dbus[0].disconnect()
+                self.dbus.disconnect()
             if owned and os.path.exists(self.cfg.plugin_socket):
                 os.unlink(self.cfg.plugin_socket)
+        return self.exit_code
 
 
 def main(argv=None):
@@ -249,29 +232,40 @@ def main(argv=None):
         print("shoutd: %s" % e, file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    # `kill -USR1` writes every thread's stack to the log: what a wedged daemon is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     worker = None
     raft = None
     try:
+        check_pysyncobj()
         worker = Worker()
         notifier = Notifier()
         underlay = find_underlay(worker, cfg, notifier)
         peers = cfg.peer_addresses()
-        remembered = [m for m in load_members(cfg.state_dir) if m != cfg.raft_address]
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        member_file = MemberFile(cfg.state_dir)
+        remembered = [m for m in member_file.known if m != cfg.raft_address]
         secret, from_file = configmod.read_secret(cfg, multi_host=bool(peers or remembered))
         if not from_file:
             log.info("no cluster secret at %s: this single host uses a random one; create the file "
                      "before adding peers", cfg.secret_file)
-        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         peers = sorted(set(peers) | set(remembered))
         log.info("member %s, peers: %s", cfg.raft_address, ", ".join(peers) or "none (single host)")
+        host, port = cfg.raft_address.rsplit(":", 1)
+        check_port_free(host, int(port))
+        joins = JoinRequests(cfg.raft_address, on_join=None)
         raft = RaftNode(cfg.raft_address, peers, secret,
-                        journal=os.path.join(cfg.state_dir, "raft.journal"),
-                        dump=os.path.join(cfg.state_dir, "raft.dump"))
+                        journal_file=os.path.join(cfg.state_dir, "raft.log"),
+                        dump_file=os.path.join(cfg.state_dir, "raft.dump"),
+                        legacy_journal=os.path.join(cfg.state_dir, "raft.journal"),     # shoutd 0.1's log
+                        durable=cfg.journal_sync, utility_messages={JOIN: joins})
+        joins.node = raft
+        if not cfg.journal_sync:
+            log.warning("journal_sync is off: acknowledged changes survive a crash of shoutd, not a power loss")
 
         async def run():
-            await Daemon(cfg, raft, worker, underlay, notifier).run()
-        asyncio.run(run())
-        return 0
+            return await Daemon(cfg, raft, worker, underlay, notifier, member_file, joins).run()
+        return asyncio.run(run())
     except ShoutdError as e:
         log.error("%s", e)
         return 1

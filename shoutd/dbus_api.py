@@ -43,7 +43,12 @@ def status_variant(st):
     return {"Self": Variant("s", st["self"]), "Leader": Variant("s", st["leader"]),
             "Term": Variant("t", int(st["term"] or 0)), "Quorum": Variant("b", st["quorum"]),
             "Ready": Variant("b", st["ready"]), "Members": Variant("a(ssss)", members),
-            "Networks": Variant("a(ssuu)", networks)}
+            "Networks": Variant("a(ssuu)", networks),
+            # Hosts that applied the same log show the same pair: a quick check that they agree.
+            "Applied": Variant("t", int(st["applied"])), "StateDigest": Variant("s", st["digest"]),
+            # The Raft log behind it: the entry known committed, and the last one applied.
+            "CommitIndex": Variant("t", int(st["commit_index"] or 0)),
+            "LastApplied": Variant("t", int(st["last_applied"] or 0))}
 
 
 class ShoutdInterface(ServiceInterface):
@@ -79,6 +84,19 @@ class ShoutdInterface(ServiceInterface):
         except Exception as e:  # noqa: BLE001
             raise dbus_error(e) from None
 
+    @method()
+    def Network(self, name: "s") -> "a{sv}":  # noqa: F821
+        """One network by name or id: its hosts and every address with its holder."""
+        try:
+            net = self.service.network(name)
+        except Exception as e:  # noqa: BLE001
+            raise dbus_error(e) from None
+        return {"Name": Variant("s", net["name"]), "Id": Variant("s", net["id"]),
+                "Subnet": Variant("s", net["subnet"]), "Gateway": Variant("s", net["gateway"]),
+                "VNI": Variant("u", net["vni"]), "Hosts": Variant("as", net["hosts"]),
+                "Addresses": Variant("a(ssss)", [[a["ip"], a["member"], a["host"], a["endpoint"]]
+                                                 for a in net["addresses"]])}
+
     @dbus_property(access=PropertyAccess.READ)
     def Leader(self) -> "s":  # noqa: F821
         return self._last["leader"]
@@ -109,7 +127,7 @@ class ShoutdInterface(ServiceInterface):
                 "networks": sorted(n["name"] or n["subnet"] for n in st["networks"])}
 
     def refresh(self):
-        """Announce what changed; called on the loop after each state change."""
+        """Announce what changed; called on the loop after state or status changes."""
         new = self._snapshot()
         old, self._last = self._last, new
         changed = {}
@@ -164,11 +182,26 @@ class Gate:
             self.bus.send(answer)
 
 
+class Exported:
+    """The connection and the exported interface, for the daemon."""
+
+    def __init__(self, bus, iface):
+        self.bus = bus
+        self.iface = iface
+
+    def refresh(self, parts):
+        """After a change: members, networks or the leader may have moved."""
+        self.iface.refresh()
+
+    def disconnect(self):
+        self.bus.disconnect()
+
+
 async def serve(service, address=None):
-    """Connect, export and own the name; returns (bus, interface)."""
+    """Connect, export and own the name."""
     bus = await (MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SYSTEM)).connect()
     iface = ShoutdInterface(service)
     bus.add_message_handler(Gate(bus, iface))
     bus.export(OBJECT_PATH, iface)
     await bus.request_name(BUS_NAME)
-    return bus, iface
+    return Exported(bus, iface)

@@ -1,9 +1,12 @@
 """systemd notification: READY=1 once the node can serve, STATUS=, WATCHDOG=1.
 
-READY=1 waits for a leader, so `systemctl start shoutd` returns when Docker
-calls can succeed, not merely when the process runs.  The watchdog is pinged
-from the event loop itself, so a wedged loop stops the pings and systemd
-restarts us.  Without NOTIFY_SOCKET (run by hand) every call does nothing.
+READY=1 waits until the plugin socket serves and this host's copy of the
+state is known to be current (RaftNode.caught_up), so `systemctl start
+shoutd` returns when Docker calls can succeed, not merely when the process
+runs.  The watchdog means the whole daemon is alive: WATCHDOG=1 is sent from
+the event loop, and only while the Raft tick thread is alive and ticking.  A
+wedged loop or a wedged Raft thread stops the pings and systemd restarts us.
+Without NOTIFY_SOCKET (run by hand) every call does nothing.
 """
 
 import asyncio
@@ -15,12 +18,17 @@ import sdnotify
 log = logging.getLogger(__name__)
 
 
-def describe(status):
-    if status["leader"] is None:
-        return "waiting for a Raft leader (%d members configured)" % len(status["nodes"])
-    members = sum(1 for s in status["nodes"].values() if s != "disconnected")
-    return "leader %s, %d of %d members connected, term %s" % (
-        status["leader"], members, len(status["nodes"]), status["term"])
+def describe(raft, current):
+    """One line for `systemctl status`: who leads, who is connected."""
+    if raft.leader is None:
+        return "waiting for a Raft leader (%d members configured)" % len(raft.nodes)
+    connected = sum(1 for s in raft.nodes.values() if s != "disconnected")
+    text = "leader %s, %d of %d members connected, term %s" % (raft.leader, connected, len(raft.nodes), raft.term)
+    if not raft.has_quorum:
+        text += ", no quorum"
+    elif not current:
+        text += ", catching up"
+    return text
 
 
 class Notifier:
@@ -29,9 +37,16 @@ class Notifier:
         self._last = None
         self.serving = False      # set once the plugin socket serves: READY=1 waits for it too
         self.ready = False
+        self._unhealthy = None
 
     def _send(self, text):
         self._sd.notify(text)
+
+    def _watchdog_period(self):
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if not usec or os.environ.get("WATCHDOG_PID") not in (None, str(os.getpid())):
+            return None
+        return usec / 2e6
 
     def waiting(self, text):
         """Before the event loop runs: say what we wait for, once per change."""
@@ -39,30 +54,42 @@ class Notifier:
             self._last = text
             self._send("STATUS=" + text)
             log.info("%s", text)
-        if os.environ.get("WATCHDOG_USEC") and os.environ.get("WATCHDOG_PID") in (None, str(os.getpid())):
+        if self._watchdog_period():
             self._send("WATCHDOG=1")
 
     def status(self, status):
-        """Called on every Raft change and by the loop below: READY=1 as soon as it is true."""
-        text = describe(status)
+        """Called on every Raft change and by run(): READY=1 as soon as it is true."""
+        raft, current = status
+        text = describe(raft, current)
         if text != self._last:
             self._last = text
             self._send("STATUS=" + text)
-        if self.serving and not self.ready and status["ready"] and status["leader"] is not None:
+        if self.serving and not self.ready and current and raft.leader is not None:
             self.ready = True
             self._send("READY=1")
             log.info("ready: %s", text)
 
-    async def until_ready(self, status_source, stopping):
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if os.environ.get("WATCHDOG_PID") not in (None, str(os.getpid())):
-            usec = 0
-        period = usec / 2e6 if usec else None
+    def ping(self, health):
+        """WATCHDOG=1, unless `health()` names a problem."""
+        problem = health()
+        if problem is not None:
+            if problem != self._unhealthy:
+                log.error("not feeding the watchdog: %s", problem)
+            self._unhealthy = problem
+            return False
+        if self._unhealthy is not None:
+            log.info("the Raft thread ticks again")
+            self._unhealthy = None
+        self._send("WATCHDOG=1")
+        return True
+
+    async def run(self, status_source, health, stopping):
+        period = self._watchdog_period()
         self.serving = True
         while not stopping.is_set():
             self.status(status_source())
             if period:
-                self._send("WATCHDOG=1")
+                self.ping(health)
             await asyncio.sleep(min(period or 1.0, 1.0) if self.ready else 0.2)
 
     def stopping(self):

@@ -11,10 +11,11 @@ import ipaddress
 import logging
 import re
 import urllib.parse
-import uuid
 
+from . import checks
 from .dataplane.desired import veth_names
 from .errors import CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
+from .raft import ask_to_join, new_request_id
 from .state import ADDRESS_SPACE
 
 log = logging.getLogger(__name__)
@@ -32,39 +33,33 @@ def mac_for(ip):
     return "0a:5d:" + ":".join("%02x" % b for b in ipaddress.IPv4Address(ip).packed)
 
 
-def _ip(text, what):
-    try:
-        return ipaddress.IPv4Interface(text).ip if "/" in text else ipaddress.IPv4Address(text)
-    except ValueError:
-        raise ShoutdError("%s %r is not an IPv4 address" % (what, text)) from None
-
-
 class Service:
-    def __init__(self, raft, reconciler, node, config, on_network_changed=None, is_current=None):
+    def __init__(self, raft, reconciler, node, config, on_network_changed=None):
         self.raft = raft
         self.reconciler = reconciler
         self.node = node
         self.config = config
         self.on_network_changed = on_network_changed or (lambda docker_id: None)
-        self.is_current = is_current or (lambda: True)
 
     def state(self):
-        return self.raft.state()
+        """The live replica of the cluster state: read, never change (see raft/machine.py)."""
+        return self.raft.state
 
     async def until_current(self, timeout=30.0):
-        """Wait until this host's copy of the state is current (see Daemon.ready_state).
+        """Wait until this host's copy of the state is current (see RaftNode.caught_up).
 
         Docker's calls decide from the state (is this endpoint ours? is that
         address free?), so right after a restart they wait for it rather than
         act on a copy that may lack the last entries.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.is_current():
-            if loop.time() > deadline:
-                raise ShoutdError("this host has not caught up with the cluster within %gs: %s"
-                                  % (timeout, self.raft.quorum_hint()), UNAVAILABLE)
-            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(self.raft.caught_up.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise ShoutdError("this host has not caught up with the cluster within %gs: %s"
+                              % (timeout, self.raft.no_quorum_message(self.describe_member)), UNAVAILABLE) from None
+
+    def describe_member(self, member):
+        return self.state().member_label(member).replace("host ", "", 1)
 
     # -- cluster membership (D-Bus, shoutdctl) ---------------------------
 
@@ -84,19 +79,19 @@ class Service:
         return "%s:%d" % (ip, port)
 
     def _need_quorum(self):
-        st = self.raft.status()
-        if st["leader"] is None or not st["has_quorum"]:
-            raise ShoutdError("the cluster has no quorum, so membership cannot change: " + self.raft.quorum_hint(),
+        st = self.raft.status
+        if st.leader is None or not st.has_quorum:
+            raise ShoutdError("membership cannot change: " + self.raft.no_quorum_message(self.describe_member),
                               UNAVAILABLE, "NoQuorum")
         return st
 
     async def add_peer(self, address):
         addr = self.peer_address(address)
         st = self._need_quorum()
-        if addr in st["nodes"]:
+        if addr in st.nodes:
             raise ShoutdError("%s is already a member of the cluster" % addr, CONFLICT, "AlreadyMember")
-        members = sorted(set(st["nodes"]) | {addr})
-        await self.raft.ask_to_join(addr, members)
+        members = sorted(set(st.nodes) | {addr})
+        await ask_to_join(self.raft.secret, addr, members)
         await self.raft.change_membership("add", addr)
         log.info("peer %s added to the cluster; members now %s", addr, ", ".join(members))
         return addr
@@ -106,7 +101,7 @@ class Service:
         st = self._need_quorum()
         if addr == self.node:
             raise ShoutdError("%s is this host; run RemovePeer on another member" % addr, INVALID, "InvalidAddress")
-        if addr not in st["nodes"]:
+        if addr not in st.nodes:
             raise ShoutdError("%s is not a member of the cluster" % addr, NOT_FOUND, "NotMember")
         await self.raft.change_membership("rem", addr)
         if addr in self.state().members:
@@ -115,30 +110,56 @@ class Service:
         return addr
 
     def status(self):
-        st = self.raft.status()
+        """This host's view: Raft roles, members, networks.  O(members + networks), no copies."""
+        st = self.raft.status
         state = self.state()
         members = []
-        for addr, conn in sorted(st["nodes"].items()):
+        for addr, conn in sorted(st.nodes.items()):
             rec = state.members.get(addr, {})
             members.append({"address": addr, "vtep": rec.get("advertise", ""), "hostname": rec.get("hostname", ""),
-                            "state": "leader" if addr == st["leader"] else conn})
+                            "state": "leader" if addr == st.leader else conn})
         networks = [{"name": n["name"] or "", "subnet": n["subnet"], "vni": n["vni"], "id": n["id"],
-                     "endpoints": len(state.endpoints_of(n["id"]))}
+                     "endpoints": len(n["endpoints"]), "addresses": len(n["addresses"])}
                     for n in sorted(state.networks.values(), key=lambda n: n["vni"])]
-        return {"self": self.node, "leader": st["leader"] or "", "term": st["term"],
-                "quorum": st["has_quorum"], "ready": self.is_current(), "members": members, "networks": networks}
+        applied, digest = state.applied
+        return {"self": self.node, "leader": st.leader or "", "term": st.term,
+                "quorum": st.has_quorum, "ready": self.raft.caught_up.is_set() and st.has_quorum,
+                "members": members, "networks": networks, "applied": applied, "digest": digest,
+                "commit_index": st.commit_index, "last_applied": st.last_applied}
+
+    def network(self, ident):
+        """One network in full: which host holds which address (for `shoutdctl network`)."""
+        state = self.state()
+        net = state.network_by_name(ident) if isinstance(ident, str) else None
+        net = net or state.networks.get(ident) or next(
+            (n for n in state.networks.values() if ident and ident in n["bindings"].values()), None)
+        if net is None:
+            raise ShoutdError("no shoutd network named %r; `shoutdctl networks` lists them" % (ident,), NOT_FOUND,
+                              "NotFound")
+        members = state.members
+        addresses = []
+        for ip, holder in sorted(net["addresses"].items(), key=lambda kv: ipaddress.IPv4Address(kv[0])):
+            rec = members.get(holder["node"], {})
+            addresses.append({"ip": ip, "host": rec.get("hostname", ""), "member": holder["node"],
+                              "endpoint": net["endpoints"].get(ip, "")})
+        return {"name": net["name"] or "", "id": net["id"], "subnet": net["subnet"], "gateway": net["gateway"],
+                "vni": net["vni"], "hosts": sorted(net["bindings"]), "addresses": addresses}
 
     async def _submit(self, **op):
         op.setdefault("node", self.node)
-        return await self.raft.submit(op)
+        return await self.raft.submit(op, describe=self.describe_member)
 
-    def _network(self, pool_id):
+    def pool(self, pool_id):
+        """The cluster network whose IPAM PoolID is `pool_id`."""
+        checks.own_id(pool_id, "PoolID")
         net = self.state().networks.get(pool_id)
         if net is None:
             raise ShoutdError("shoutd network (pool) %s does not exist" % pool_id, NOT_FOUND)
         return net
 
-    def _network_of(self, docker_id):
+    def bound_network(self, docker_id):
+        """The cluster network that this host's Docker knows as `docker_id`."""
+        checks.docker_id(docker_id, "NetworkID")
         net = self.state().network_by_docker_id(self.node, docker_id)
         if net is None:
             raise ShoutdError("Docker network %s is not a shoutd network on this host; "
@@ -153,36 +174,41 @@ class Service:
         if sub_pool:
             raise ShoutdError("--ip-range is not supported by shoutd; every container of a shoutd "
                               "network gets its address from the whole --subnet")
-        options = options or {}
-        net = await self._submit(op="network_reserve", req=uuid.uuid4().hex, subnet=pool or None,
+        options = checks.options(options, "IPAM options")
+        net = await self._submit(op="network_reserve", req=new_request_id(), subnet=pool or None,
                                  network=options.get(NETWORK_OPTION), pool=self.config.default_pool,
                                  pool_prefix=self.config.default_pool_prefix)
         log.info("pool %s reserved for shoutd network %s VNI %d", net["subnet"], net["id"], net["vni"])
         return net["id"], net["subnet"]
 
     async def release_pool(self, pool_id):
+        checks.own_id(pool_id, "PoolID")
         await self._submit(op="network_release", network=pool_id)
 
     async def request_address(self, pool_id, address, options):
-        net = self._network(pool_id)
-        prefix = net["subnet"].split("/")[1]
-        if (options or {}).get("RequestAddressType") == GATEWAY_REQUEST:
-            if address:
-                gw = _ip(address, "gateway")
-                net = await self._submit(op="network_gateway", network=pool_id, gateway=str(gw))
+        net = self.pool(pool_id)
+        label, subnet = net["name"] or net["subnet"], net["subnet"]
+        prefix = subnet.split("/")[1]
+        options = checks.options(options, "address options")
+        wanted = checks.host_in(checks.ipv4(address, "address"), subnet, "address", label) if address else None
+        if options.get("RequestAddressType") == GATEWAY_REQUEST:
+            if wanted:
+                net = await self._submit(op="network_gateway", network=pool_id, gateway=str(wanted))
             return "%s/%s" % (net["gateway"], prefix)
-        wanted = str(_ip(address, "address")) if address else None
-        ip = await self._submit(op="ip_allocate", req=uuid.uuid4().hex, network=pool_id, ip=wanted)
-        log.info("address %s allocated in network %s", ip, net["name"] or net["subnet"])
+        ip = await self._submit(op="ip_allocate", req=new_request_id(), network=pool_id,
+                                ip=str(wanted) if wanted else None)
+        log.info("address %s allocated in network %s", ip, label)
         return "%s/%s" % (ip, prefix)
 
     async def release_address(self, pool_id, address):
-        ip = _ip(address, "address")
+        checks.own_id(pool_id, "PoolID")
+        ip = checks.ipv4(address, "address")
         net = self.state().networks.get(pool_id)
         if net is None or str(ip) == net["gateway"]:
             return            # the gateway lives and dies with its network
+        label = net["name"] or net["subnet"]
         await self._submit(op="ip_release", network=pool_id, ip=str(ip))
-        log.info("address %s released in network %s", ip, net["name"] or net["subnet"])
+        log.info("address %s released in network %s", ip, label)
 
     # -- authorization plugin (opt-in) ------------------------------------
 
@@ -218,30 +244,37 @@ class Service:
             raise ShoutdError("shoutd networks must use shoutd's IPAM, because Docker's default "
                               "IPAM would hand out the same addresses on every host. Create the "
                               "network with: " + RIGHT_COMMAND)
-        net = self.state().network_by_subnet(str(ipaddress.ip_network(data.get("Pool", ""), strict=False)))
+        checks.docker_id(docker_id, "NetworkID")
+        try:
+            pool = str(ipaddress.IPv4Network(data.get("Pool", ""), strict=False))
+        except (ValueError, TypeError):
+            raise ShoutdError("IPv4Data Pool %r is not an IPv4 subnet" % (data.get("Pool"),)) from None
+        net = self.state().network_by_subnet(pool)
         if net is None:
-            raise ShoutdError("no shoutd pool %s: was it released meanwhile? Try again." % data.get("Pool"),
-                              NOT_FOUND)
-        generic = (options or {}).get("com.docker.network.generic") or {}
+            raise ShoutdError("no shoutd pool %s: was it released meanwhile? Try again." % pool, NOT_FOUND)
+        generic = checks.options((options or {}).get("com.docker.network.generic"), "driver options")
         await self._submit(op="network_bind", network=net["id"], docker_id=docker_id,
-                           options={k: str(v) for k, v in generic.items() if k != NETWORK_OPTION})
+                           options={k: v for k, v in generic.items() if k != NETWORK_OPTION})
         log.info("Docker network %s bound to shoutd network %s (%s, VNI %d)",
                  docker_id[:12], net["name"] or net["id"], net["subnet"], net["vni"])
         await self.reconciler.sync()
         self.on_network_changed(docker_id)
 
     async def delete_network(self, docker_id):
+        checks.docker_id(docker_id, "NetworkID")
         net = self.state().network_by_docker_id(self.node, docker_id)
         if net is None:
             return            # already removed cluster-wide (we are following another host)
+        label, vni = net["name"] or net["subnet"], net["vni"]
         result = await self._submit(op="network_delete", network=net["id"])
         if not result["deleted"]:
             self.on_network_changed(docker_id)    # the mirror restores the local copy
             raise ShoutdError(result["reason"], CONFLICT)
-        log.info("network %s (VNI %d) removed from the cluster", net["name"] or net["subnet"], net["vni"])
+        log.info("network %s (VNI %d) removed from the cluster", label, vni)
 
     async def create_endpoint(self, docker_id, endpoint_id, interface):
-        net = self._network_of(docker_id)
+        net = self.bound_network(docker_id)
+        checks.docker_id(endpoint_id, "EndpointID")
         interface = interface or {}
         address = interface.get("Address")
         if not address:
@@ -250,39 +283,45 @@ class Service:
         if interface.get("AddressIPv6"):
             raise ShoutdError("shoutd supports IPv4 only; endpoint %s asked for an IPv6 address"
                               % endpoint_id[:12])
-        ip = _ip(address, "address")
-        mac = interface.get("MacAddress") or mac_for(ip)
+        label = net["name"] or net["subnet"]
+        ip = checks.host_in(checks.ipv4(address, "address"), net["subnet"], "address", label)
+        mac = checks.unicast_mac(interface["MacAddress"]) if interface.get("MacAddress") else mac_for(ip)
         await self._submit(op="endpoint_add", network=net["id"], endpoint=endpoint_id, ip=str(ip), mac=mac)
-        log.info("endpoint %s %s (%s) created in network %s", endpoint_id[:12], ip, mac,
-                 net["name"] or net["subnet"])
+        log.info("endpoint %s %s (%s) created in network %s", endpoint_id[:12], ip, mac, label)
         await self.reconciler.sync()
         return {} if interface.get("MacAddress") else {"MacAddress": mac}
 
     async def delete_endpoint(self, docker_id, endpoint_id):
+        checks.docker_id(endpoint_id, "EndpointID")
         ep = self.state().endpoints.get(endpoint_id)
         if ep is None:
             return
+        ip = ep["ip"]
         await self._submit(op="endpoint_remove", endpoint=endpoint_id)
-        log.info("endpoint %s %s removed", endpoint_id[:12], ep["ip"])
+        log.info("endpoint %s %s removed", endpoint_id[:12], ip)
         # Nothing waits on the veth's removal, so Docker need not either.
         self.reconciler.kick()
 
     async def join(self, docker_id, endpoint_id, sandbox_key):
+        checks.docker_id(endpoint_id, "EndpointID")
         ep = self.state().endpoints.get(endpoint_id)
         if ep is None or ep["node"] != self.node:
             raise ShoutdError("endpoint %s is not known on this host" % endpoint_id[:12], NOT_FOUND)
+        ip = ep["ip"]
         await self.reconciler.sync()
         _, peer = veth_names(endpoint_id)
-        log.info("endpoint %s %s joins sandbox %s", endpoint_id[:12], ep["ip"], sandbox_key)
+        log.info("endpoint %s %s joins sandbox %s", endpoint_id[:12], ip, sandbox_key)
         return peer
 
     async def leave(self, docker_id, endpoint_id):
+        checks.docker_id(endpoint_id, "EndpointID")
         ep = self.state().endpoints.get(endpoint_id)
         if ep is None:
             raise ShoutdError("endpoint %s is not known on this host" % endpoint_id[:12], NOT_FOUND)
         log.info("endpoint %s %s leaves its sandbox", endpoint_id[:12], ep["ip"])
 
     def endpoint_info(self, docker_id, endpoint_id):
+        checks.docker_id(endpoint_id, "EndpointID")
         ep = self.state().endpoints.get(endpoint_id)
         if ep is None:
             raise ShoutdError("endpoint %s is not known on this host" % endpoint_id[:12], NOT_FOUND)

@@ -1,23 +1,39 @@
 """The cluster's replicated state machine: members, networks, addresses, endpoints.
 
-Every shoutd daemon holds an identical copy of this state; Raft (see raft.py)
+Every shoutd daemon holds an identical copy of this state; Raft (see raft/)
 decides the order in which operations are applied.  So `apply` must be a pure,
 deterministic function of (state, op): no clocks, no randomness, no I/O.  Ids
-that need to be fresh (a network's id) are chosen by the proposer and carried
-in the op.
+that need to be fresh (a network's id, a request id) are chosen by the
+proposer and carried in the op.
 
-`apply` never raises.  PySyncObj 0.3.11 runs it on its tick thread, and an
-exception there kills the thread and hangs every later command.  Ops validate
-everything before they mutate anything, so a rejected op leaves no trace.
+`apply` never raises.  It runs on PySyncObj's tick thread, where an exception
+would stop (0.3.11) or endlessly retry (0.3.17) the whole cluster's progress.
+Ops check every value before they mutate anything, so a refused op leaves no
+trace; the edges (plugin, D-Bus) run the same checks (checks.py) first.
 
-The state is plain dicts and strings so it pickles into Raft snapshots and can
-be read as JSON by `shoutdctl status`.
+Requests, and why they are remembered.  Every op carries a request id
+(`req`).  The last REQUEST_MEMORY successful requests are remembered with
+their result, so that a retried proposal returns the same answer instead of
+acting twice.  A proposer that gave up waiting for its op proposes
+`withdraw` for it: if the op has not been applied yet it never will be, and
+if it has, it is undone where that is safe.  Either way the proposer learns a
+definite outcome (see raft/node.py).
+
+Every op's cost is independent of the state's size: addresses, endpoints and
+requests are found through dict indexes, never by scanning.  Records are
+plain dicts (the TypedDicts below document their shape) so they pickle into
+Raft snapshots and read as JSON.
 """
 
+import collections
+import hashlib
 import ipaddress
+import json
 import logging
+from typing import Dict, TypedDict
 
-from .errors import CONFLICT, INTERNAL, INVALID, NOT_FOUND, ShoutdError
+from . import checks
+from .errors import CONFLICT, INTERNAL, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +41,89 @@ VNI_MIN = 4200
 VNI_MAX = 16777215
 # Docker tells us a network is ours by the address space our IPAM reports.
 ADDRESS_SPACE = "shoutd"
+REQUEST_MEMORY = 10000
+WITHDRAWN = {"withdrawn": True}
+
+
+class Member(TypedDict):
+    id: str            # its Raft address, ip:port
+    advertise: str     # its VTEP address
+    raft: str
+    hostname: str
+
+
+class Allocation(TypedDict):
+    node: str          # the member that asked for it
+    req: str           # the request that took it
+
+
+class Network(TypedDict):
+    id: str                         # shoutd's id: the IPAM PoolID
+    name: str                       # Docker's name; None until a host names it
+    subnet: str
+    gateway: str
+    vni: int
+    creator: str                    # the member whose Docker created it
+    bindings: Dict[str, str]        # member -> that host's Docker network id
+    addresses: Dict[str, Allocation]
+    next: int                       # where the address search starts (hand out in turn)
+    options: Dict[str, str]         # Docker driver options (com.docker.network.generic)
+    endpoints: Dict[str, str]       # index: ip -> endpoint id
+
+
+class Endpoint(TypedDict):
+    id: str            # Docker's endpoint id
+    network: str
+    node: str
+    ip: str
+    mac: str
+    mtu: int
+    req: str
+
+
+# What each successful op may have changed: followers of the state (kernel,
+# Docker, D-Bus) look only at the parts that did.
+MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS = "members", "networks", "addresses", "endpoints"
+_TOUCHES = {
+    "member_up": {MEMBERS}, "member_remove": {MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS},
+    "network_reserve": {NETWORKS}, "network_bind": {NETWORKS}, "network_name": {NETWORKS},
+    "network_gateway": {NETWORKS}, "network_release": {NETWORKS}, "network_delete": {NETWORKS},
+    "ip_allocate": {ADDRESSES}, "ip_release": {ADDRESSES},
+    "endpoint_add": {ENDPOINTS, ADDRESSES}, "endpoint_remove": {ENDPOINTS, ADDRESSES},
+    "withdraw": {NETWORKS, ADDRESSES, ENDPOINTS},
+}
+EVERYTHING = frozenset({MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS})
 
 
 def empty():
-    return {"members": {}, "networks": {}, "endpoints": {}}
+    return {"members": {}, "networks": {}, "endpoints": {}, "requests": collections.OrderedDict(),
+            "log": {"applied": 0, "digest": ""}}
+
+
+def normalize(data):
+    """The current shape of `data`, which may come from an older shoutd's snapshot."""
+    base = empty()
+    if not isinstance(data, dict):
+        return base
+    for key, value in base.items():
+        data.setdefault(key, value)
+    if not isinstance(data["requests"], collections.OrderedDict):
+        data["requests"] = collections.OrderedDict(data["requests"])
+    for net in data["networks"].values():
+        net.setdefault("options", {})
+        net["endpoints"] = {}
+    for ep in data["endpoints"].values():
+        ep.setdefault("req", "")
+        net = data["networks"].get(ep["network"])
+        if net is not None:
+            net["endpoints"][ep["ip"]] = ep["id"]
+    return data
+
+
+def summary(net):
+    """A network's identity, as a fresh dict: safe to hand to another thread."""
+    return {"id": net["id"], "name": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
+            "vni": net["vni"]}
 
 
 def _reject(message, kind=INVALID):
@@ -37,7 +132,8 @@ def _reject(message, kind=INVALID):
 
 class ClusterState:
     def __init__(self, data=None):
-        self.data = data if data is not None else empty()
+        self.data = normalize(data) if data is not None else empty()
+        self.changed = set(EVERYTHING)      # parts changed since a follower last looked
 
     # -- reading ---------------------------------------------------------
 
@@ -53,6 +149,16 @@ class ClusterState:
     def endpoints(self):
         return self.data["endpoints"]
 
+    @property
+    def applied(self):
+        """(number of ops applied, digest of them all): equal on hosts that applied the same log."""
+        return self.data["log"]["applied"], self.data["log"]["digest"]
+
+    def take_changes(self):
+        """The parts changed since the last call."""
+        changed, self.changed = self.changed, set()
+        return changed
+
     def network_by_name(self, name):
         return next((n for n in self.networks.values() if n["name"] == name), None)
 
@@ -64,7 +170,10 @@ class ClusterState:
                      if n["bindings"].get(node) == docker_id), None)
 
     def endpoints_of(self, net_id):
-        return [e for e in self.endpoints.values() if e["network"] == net_id]
+        net = self.networks.get(net_id)
+        if net is None:
+            return []
+        return [self.endpoints[e] for e in net["endpoints"].values()]
 
     def member_label(self, node):
         m = self.members.get(node)
@@ -73,37 +182,79 @@ class ClusterState:
     def network_label(self, net):
         return net["name"] or net["subnet"]
 
+    def in_use_message(self, net):
+        """Why `net` cannot go: which hosts still have which containers on it."""
+        where = {}
+        for ep in self.endpoints_of(net["id"]):
+            where.setdefault(ep["node"], []).append(ep["ip"])
+        detail = "; ".join("%s: %s" % (self.member_label(n), ", ".join(sorted(ips)))
+                           for n, ips in sorted(where.items()))
+        return ("shoutd network %s still has containers attached on %s. Disconnect or remove them "
+                "first (docker network disconnect / docker rm)" % (self.network_label(net), detail))
+
     # -- applying --------------------------------------------------------
 
     def apply(self, op):
         """Apply one operation; return {"value": ...} or {"error", "kind"}."""
+        self._record(op)
         try:
             handler = getattr(self, "_op_" + str(op.get("op")), None) if isinstance(op, dict) else None
             if handler is None:
                 _reject("unknown operation %r: is every node running the same shoutd version?"
                         % (op.get("op") if isinstance(op, dict) else op))
-            return {"value": handler(op)}
+            req = op.get("req")
+            if req is not None:
+                checks.own_id(req, "request id")
+                remembered = self.data["requests"].get(req)
+                if remembered is WITHDRAWN or remembered == WITHDRAWN:
+                    _reject("request %s was withdrawn because it did not commit in time; nothing was changed"
+                            % req, UNAVAILABLE)
+                if remembered is not None:
+                    return {"value": remembered["result"]}
+            value = handler(op)
+            if req is not None and op["op"] != "withdraw":
+                self._remember(req, {"op": op["op"], "result": value})
+            self.changed |= _TOUCHES.get(op["op"], set())
+            return {"value": value}
         except ShoutdError as e:
             return {"error": e.message, "kind": e.kind}
-        except (KeyError, TypeError, ValueError) as e:
-            return {"error": "malformed %s operation: %s" % (op.get("op"), e), "kind": INVALID}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return {"error": "malformed %s operation: %s" % (_name(op), e), "kind": INVALID}
         except Exception as e:  # noqa: BLE001 - see the module note: never raise
             log.exception("bug: operation %r failed", op)
             return {"error": "internal error applying %s: %s (a bug in shoutd; please report it)"
-                    % (op.get("op"), e), "kind": INTERNAL}
+                    % (_name(op), e), "kind": INTERNAL}
+
+    def _record(self, op):
+        """Fold every op, refused or not, into the digest of the applied log."""
+        try:
+            text = json.dumps(op, sort_keys=True, separators=(",", ":"), default=repr)
+        except (TypeError, ValueError):
+            text = repr(op)
+        entry = self.data["log"]
+        entry["applied"] += 1
+        entry["digest"] = hashlib.blake2b((entry["digest"] + text).encode("utf-8", "replace"),
+                                          digest_size=8).hexdigest()
+
+    def _remember(self, req, outcome):
+        requests = self.data["requests"]
+        requests[req] = outcome
+        while len(requests) > REQUEST_MEMORY:
+            requests.popitem(last=False)
 
     # members
 
     def _op_member_up(self, op):
-        node = op["node"]
-        rec = {"id": node, "advertise": str(ipaddress.IPv4Address(op["advertise"])),
-               "raft": op["raft"], "hostname": str(op.get("hostname") or node)}
+        node = checks.text(op["node"], "member")
+        rec = {"id": node, "advertise": str(checks.ipv4(op["advertise"], "advertise address")),
+               "raft": checks.text(op["raft"], "Raft address"),
+               "hostname": checks.text(str(op.get("hostname") or node), "hostname")}
         for other in self.members.values():
             if other["id"] != node and other["advertise"] == rec["advertise"]:
                 _reject("advertise address %s is already used by member %s"
                         % (rec["advertise"], other["id"]), CONFLICT)
         self.members[node] = rec
-        return rec
+        return dict(rec)
 
     def _op_member_remove(self, op):
         node = op["node"]
@@ -123,16 +274,15 @@ class ClusterState:
 
     def _op_network_reserve(self, op):
         """IPAM RequestPool: find or create the cluster network for a subnet."""
-        req, node = op["req"], op["node"]
-        for net in self.networks.values():
-            if net["id"] == req:
-                return net            # a retried proposal
+        req, node = checks.own_id(op["req"], "network id"), op["node"]
+        if req in self.networks:
+            return summary(self.networks[req])        # a retried proposal
         wanted = op.get("subnet")
         if wanted:
             subnet = _parse_subnet(wanted)
             existing = self.network_by_subnet(str(subnet))
             if existing is not None and op.get("network") == existing["id"]:
-                return existing       # shoutd creating the replica on another host
+                return summary(existing)              # shoutd creating the replica on another host
             for net in self.networks.values():
                 if subnet.overlaps(ipaddress.IPv4Network(net["subnet"])):
                     _reject("subnet %s overlaps %s of shoutd network %s; choose another --subnet"
@@ -142,33 +292,33 @@ class ClusterState:
                 existing = self.networks.get(op["network"])
                 if existing is None:
                     _reject("shoutd network %s no longer exists" % op["network"], NOT_FOUND)
-                return existing
+                return summary(existing)
             subnet = self._free_subnet(op["pool"], op["pool_prefix"])
         gateway = str(subnet.network_address + 1)
         net = {"id": req, "name": None, "subnet": str(subnet), "gateway": gateway,
                "vni": self._free_vni(), "creator": node, "bindings": {},
-               "addresses": {}, "next": 0, "options": dict(op.get("options") or {})}
+               "addresses": {}, "next": 0, "options": checks.options(op.get("options")), "endpoints": {}}
         self.networks[req] = net
-        return net
+        return summary(net)
 
     def _op_network_bind(self, op):
         """NetworkDriver CreateNetwork on one host: remember that host's Docker id."""
         net = self._network(op["network"])
-        node, docker_id = op["node"], op["docker_id"]
+        node, docker_id = op["node"], checks.docker_id(op["docker_id"], "Docker network id")
+        options = checks.options(op.get("options"))
         other = self.network_by_docker_id(node, docker_id)
         if other is not None and other["id"] != net["id"]:
             _reject("Docker network %s on %s is already bound to shoutd network %s"
                     % (docker_id, self.member_label(node), self.network_label(other)), CONFLICT)
         net["bindings"][node] = docker_id
-        if op.get("options"):
-            net["options"].update(op["options"])
-        return net
+        net["options"].update(options)
+        return summary(net)
 
     def _op_network_name(self, op):
         net = self._network(op["network"])
-        name = op["name"]
+        name = checks.network_name(op["name"])
         if net["name"] == name:
-            return net
+            return summary(net)
         if net["name"] is not None:
             _reject("shoutd network %s is already named %s" % (net["id"], net["name"]), CONFLICT)
         other = self.network_by_name(name)
@@ -176,23 +326,21 @@ class ClusterState:
             _reject("a shoutd network named %s already exists (subnet %s); pick another name"
                     % (name, other["subnet"]), CONFLICT)
         net["name"] = name
-        return net
+        return summary(net)
 
     def _op_network_gateway(self, op):
         net = self._network(op["network"])
-        gw = ipaddress.IPv4Address(op["gateway"])
-        subnet = ipaddress.IPv4Network(net["subnet"])
+        gw = checks.ipv4(op["gateway"], "gateway")
         if str(gw) == net["gateway"]:
-            return net
+            return summary(net)
         if net["name"] is not None or net["bindings"] or op["node"] != net["creator"]:
             _reject("shoutd network %s already has gateway %s; its gateway cannot change"
                     % (self.network_label(net), net["gateway"]), CONFLICT)
-        if gw not in subnet or gw in (subnet.network_address, subnet.broadcast_address):
-            _reject("gateway %s is not a host address in subnet %s" % (gw, subnet))
+        checks.host_in(gw, net["subnet"], "gateway", self.network_label(net))
         if str(gw) in net["addresses"]:
-            _reject("gateway %s is already allocated in %s" % (gw, subnet), CONFLICT)
+            _reject("gateway %s is already allocated in %s" % (gw, net["subnet"]), CONFLICT)
         net["gateway"] = str(gw)
-        return net
+        return summary(net)
 
     def _op_network_release(self, op):
         """IPAM ReleasePool on one host.
@@ -205,7 +353,7 @@ class ClusterState:
         if net is None or net["name"] is not None:
             return None
         net["bindings"].pop(op["node"], None)
-        if not net["bindings"] and not self.endpoints_of(net["id"]):
+        if not net["bindings"] and not net["endpoints"]:
             del self.networks[net["id"]]
         return None
 
@@ -215,45 +363,27 @@ class ClusterState:
         Unless containers are still attached somewhere.  Docker removes its
         local copy whatever a remote driver answers (libnetwork honours only
         a ForbiddenError from DeleteNetwork, which the plugin API cannot
-        express; the authorization plugin in service.authorize can refuse
-        earlier), so then the cluster keeps the network, forgets this host's
-        deleted copy, and the mirror puts it back here.
+        express; the authorization plugin can refuse earlier), so then the
+        cluster keeps the network, forgets this host's deleted copy, and the
+        mirror puts it back here.
         """
         net = self.networks.get(op["network"])
         if net is None:
             return {"deleted": True}
-        eps = self.endpoints_of(net["id"])
-        if not eps:
+        if not net["endpoints"]:
             del self.networks[net["id"]]
             return {"deleted": True}
         net["bindings"].pop(op["node"], None)
         return {"deleted": False, "reason": self.in_use_message(net) + "; the network stays in the cluster"}
-
-    def in_use_message(self, net):
-        """Why `net` cannot go: which hosts still have which containers on it."""
-        where = {}
-        for ep in self.endpoints_of(net["id"]):
-            where.setdefault(ep["node"], []).append(ep["ip"])
-        detail = "; ".join("%s: %s" % (self.member_label(n), ", ".join(sorted(ips)))
-                           for n, ips in sorted(where.items()))
-        return ("shoutd network %s still has containers attached on %s. Disconnect or remove them "
-                "first (docker network disconnect / docker rm)" % (self.network_label(net), detail))
 
     # addresses
 
     def _op_ip_allocate(self, op):
         net = self._network(op["network"])
         req, node, addrs = op["req"], op["node"], net["addresses"]
-        for ip, a in addrs.items():
-            if a["req"] == req:
-                return ip             # a retried proposal
-        subnet = ipaddress.IPv4Network(net["subnet"])
         wanted = op.get("ip")
         if wanted:
-            ip = ipaddress.IPv4Address(wanted)
-            if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address):
-                _reject("address %s is not a host address of %s (subnet %s)"
-                        % (ip, self.network_label(net), subnet))
+            ip = checks.host_in(checks.ipv4(wanted, "address"), net["subnet"], "address", self.network_label(net))
             if str(ip) == net["gateway"]:
                 _reject("address %s is the gateway of %s; pick another --ip" % (ip, self.network_label(net)),
                         CONFLICT)
@@ -262,7 +392,7 @@ class ClusterState:
                 _reject("address %s in %s is already in use on %s; pick another --ip"
                         % (ip, self.network_label(net), self.member_label(holder["node"])), CONFLICT)
         else:
-            ip = self._free_ip(net, subnet)
+            ip = self._free_ip(net)
         addrs[str(ip)] = {"node": node, "req": req}
         return str(ip)
 
@@ -270,14 +400,14 @@ class ClusterState:
         net = self.networks.get(op["network"])
         if net is None:
             return None
-        ip = str(ipaddress.IPv4Address(op["ip"]))
-        holder = net["addresses"].get(ip)
-        if holder is None:
+        ip = str(checks.ipv4(op["ip"], "address"))
+        if ip not in net["addresses"]:
             return None
-        for ep in self.endpoints_of(net["id"]):
-            if ep["ip"] == ip:
-                _reject("address %s is still used by endpoint %s on %s"
-                        % (ip, ep["id"][:12], self.member_label(ep["node"])), CONFLICT)
+        holder = net["endpoints"].get(ip)
+        if holder is not None:
+            ep = self.endpoints[holder]
+            _reject("address %s is still used by endpoint %s on %s"
+                    % (ip, ep["id"][:12], self.member_label(ep["node"])), CONFLICT)
         del net["addresses"][ip]
         return None
 
@@ -285,25 +415,28 @@ class ClusterState:
 
     def _op_endpoint_add(self, op):
         net = self._network(op["network"])
-        ep_id, node, ip = op["endpoint"], op["node"], str(ipaddress.IPv4Address(op["ip"]))
+        ep_id, node = checks.docker_id(op["endpoint"], "endpoint id"), op["node"]
+        ip = str(checks.ipv4(op["ip"], "address"))
+        mac = checks.unicast_mac(op["mac"])
+        mtu = checks.mtu(op.get("mtu"))
         existing = self.endpoints.get(ep_id)
         if existing is not None:
             if existing["network"] == net["id"] and existing["ip"] == ip:
-                return existing
+                return dict(existing)
             _reject("endpoint %s already exists with address %s" % (ep_id[:12], existing["ip"]), CONFLICT)
-        holder = net["addresses"].get(ip)
-        if holder is None:
+        if ip not in net["addresses"]:
             _reject("address %s was not allocated by shoutd in %s; create the network with "
                     "--ipam-driver shoutd" % (ip, self.network_label(net)))
-        for ep in self.endpoints_of(net["id"]):
-            if ep["ip"] == ip:
-                _reject("address %s in %s is already used by endpoint %s on %s"
-                        % (ip, self.network_label(net), ep["id"][:12], self.member_label(ep["node"])),
-                        CONFLICT)
-        ep = {"id": ep_id, "network": net["id"], "node": node, "ip": ip,
-              "mac": op["mac"], "mtu": int(op.get("mtu") or 0)}
+        holder = net["endpoints"].get(ip)
+        if holder is not None:
+            other = self.endpoints[holder]
+            _reject("address %s in %s is already used by endpoint %s on %s"
+                    % (ip, self.network_label(net), holder[:12], self.member_label(other["node"])), CONFLICT)
+        ep = {"id": ep_id, "network": net["id"], "node": node, "ip": ip, "mac": mac, "mtu": mtu,
+              "req": op.get("req") or ""}
         self.endpoints[ep_id] = ep
-        return ep
+        net["endpoints"][ip] = ep_id
+        return dict(ep)
 
     def _op_endpoint_remove(self, op):
         ep = self.endpoints.get(op["endpoint"])
@@ -311,15 +444,66 @@ class ClusterState:
             self._drop_endpoint(ep)
         return None
 
+    # withdrawing a request that did not commit in time
+
+    def _op_withdraw(self, op):
+        """Settle request `target`: never apply it from now on, or undo it if that is safe.
+
+        Returns {"withdrawn": True} when the target has no effect (it never
+        ran, or it was undone), else {"applied": its result}.
+        """
+        target = checks.own_id(op["target"], "request id")
+        requests = self.data["requests"]
+        done = requests.get(target)
+        if done == WITHDRAWN:
+            return dict(WITHDRAWN)
+        if done is None:
+            self._remember(target, WITHDRAWN)
+            return dict(WITHDRAWN)
+        undo = getattr(self, "_undo_" + done["op"], None)
+        if undo is not None and undo(target, done["result"]):
+            requests[target] = WITHDRAWN
+            return dict(WITHDRAWN)
+        return {"applied": done["result"]}
+
+    def _undo_ip_allocate(self, req, ip):
+        for net in self.networks.values():
+            holder = net["addresses"].get(ip)
+            if holder is not None and holder["req"] == req:
+                if ip in net["endpoints"]:
+                    return False          # a container uses it: Docker went on after all
+                del net["addresses"][ip]
+                return True
+        return True                       # already released
+
+    def _undo_endpoint_add(self, req, ep):
+        current = self.endpoints.get(ep["id"])
+        if current is not None and current.get("req") == req:
+            self._drop_endpoint(current)
+        return True
+
+    def _undo_network_reserve(self, req, net):
+        current = self.networks.get(net["id"])
+        if current is None:
+            return True
+        if current["name"] is None and not current["bindings"] and not current["addresses"] \
+                and not current["endpoints"]:
+            del self.networks[current["id"]]
+            return True
+        return False
+
     # helpers
 
     def _drop_endpoint(self, ep):
         del self.endpoints[ep["id"]]
+        net = self.networks.get(ep["network"])
+        if net is not None and net["endpoints"].get(ep["ip"]) == ep["id"]:
+            del net["endpoints"][ep["ip"]]
 
     def _network(self, net_id):
-        net = self.networks.get(net_id)
+        net = self.networks.get(net_id) if isinstance(net_id, str) else None
         if net is None:
-            _reject("shoutd network %s does not exist (removed on another host?)" % net_id, NOT_FOUND)
+            _reject("shoutd network %s does not exist (removed on another host?)" % (net_id,), NOT_FOUND)
         return net
 
     def _free_vni(self):
@@ -340,26 +524,34 @@ class ClusterState:
         _reject("the default address pool %s has no free /%s left; pass --subnet or enlarge "
                 "default_pool in shoutd.conf" % (pool, prefix), CONFLICT)
 
-    def _free_ip(self, net, subnet):
+    def _free_ip(self, net):
+        subnet = ipaddress.IPv4Network(net["subnet"])
         first, last = int(subnet.network_address) + 1, int(subnet.broadcast_address) - 1
         size = last - first + 1
-        reserved = set(net["addresses"]) | {net["gateway"]}
+        taken, gateway = net["addresses"], net["gateway"]
+        if len(taken) + (gateway not in taken) >= size:
+            _reject("no free address left in %s (subnet %s)" % (self.network_label(net), subnet), CONFLICT)
         # Hand out addresses in turn rather than lowest-free, so a just-released
         # address is not reused at once while peers may still cache its MAC.
+        # The cursor makes this O(1) on average, whatever the number in use.
         for i in range(size):
             offset = (net["next"] + i) % size
             candidate = str(ipaddress.IPv4Address(first + offset))
-            if candidate not in reserved:
+            if candidate not in taken and candidate != gateway:
                 net["next"] = offset + 1
                 return candidate
         _reject("no free address left in %s (subnet %s)" % (self.network_label(net), subnet), CONFLICT)
 
 
+def _name(op):
+    return op.get("op") if isinstance(op, dict) else op
+
+
 def _parse_subnet(text):
     try:
         subnet = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        _reject("%r is not a subnet; use CIDR notation such as 10.20.0.0/24" % text)
+    except (ValueError, TypeError):
+        _reject("%r is not a subnet; use CIDR notation such as 10.20.0.0/24" % (text,))
     if subnet.version != 4:
         _reject("subnet %s is IPv6; shoutd supports IPv4 subnets only" % subnet)
     if subnet.prefixlen > 30:

@@ -73,7 +73,8 @@ class Mirror(Follower):
             elif net["name"] is None:
                 await self._name(net, dn)
         now, missing = self.clock(), {}
-        for net in state.networks.values():
+        # The state is live and this loop awaits Docker: iterate over a list.
+        for net in list(state.networks.values()):
             bound = net["bindings"].get(self.node)
             if net["name"] is None or bound in local_ids:
                 continue

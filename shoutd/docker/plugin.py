@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 ROUTE_CONNECTED = 1   # libnetwork's types.CONNECTED: a route with no next hop
+MAX_BODY = 1 << 20    # Docker's largest plugin request is a few KiB
 _STATUS = {INVALID: 400, UNAVAILABLE: 503, INTERNAL: 500}
 # aiohttp >= 3.9 wants typed keys; Debian bookworm's 3.8 has none.
 SERVICE = web.AppKey("service", object) if hasattr(web, "AppKey") else "service"
@@ -49,17 +50,30 @@ def _field(body, name, kind=str, required=True):
     return value
 
 
+def _decode(raw):
+    """The request body as a dict, or a ShoutdError saying what is wrong with it."""
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ShoutdError("request body is not valid JSON (%s)" % e) from None
+    except RecursionError:
+        raise ShoutdError("request body is nested too deeply to be a Docker plugin request") from None
+    if not isinstance(body, dict):
+        raise ShoutdError("request body must be a JSON object")
+    return body
+
+
 def _endpoint(fn, needs_state):
     async def handler(request):
         method = request.path.lstrip("/")
         try:
-            raw = await request.read()
             try:
-                body = json.loads(raw) if raw.strip() else {}
-            except (UnicodeDecodeError, ValueError) as e:
-                raise ShoutdError("request body is not valid JSON (%s)" % e) from None
-            if not isinstance(body, dict):
-                raise ShoutdError("request body must be a JSON object")
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                msg = "request body is larger than %d bytes; no Docker plugin request is" % MAX_BODY
+                log.warning("%s refused: %s", method, msg)
+                return _reply({"Err": msg, "Error": msg}, 413)
+            body = _decode(raw)
             log.debug("%s %s", method, body)
             started = time.monotonic()
             if needs_state:
@@ -224,7 +238,7 @@ async def _unknown(request):
 
 
 def make_app(service):
-    app = web.Application(client_max_size=1 << 20)
+    app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE] = service
     for name, fn in ROUTES.items():
         app.router.add_post("/" + name, _endpoint(fn, name in NEEDS_STATE))

@@ -5,6 +5,8 @@ import asyncio
 from shoutd.docker.mirror import STALE_BINDING, Mirror
 from shoutd.state import ClusterState
 
+from ..support import docker_id
+
 HERE, THERE = "198.18.0.1:7380", "198.18.0.2:7380"
 
 
@@ -36,10 +38,10 @@ def cluster(bound_here=None, name="web"):
     state = ClusterState()
     net = state.apply({"op": "network_reserve", "req": "r", "node": THERE, "pool": "10.213.0.0/16",
                        "pool_prefix": 24})["value"]
-    for node, docker_id in ((THERE, "d-there"), (HERE, bound_here)):
-        if docker_id:
+    for node, bound in ((THERE, docker_id("d-there")), (HERE, bound_here)):
+        if bound:
             assert "error" not in state.apply({"op": "network_bind", "network": net["id"], "node": node,
-                                               "docker_id": docker_id, "options": {}})
+                                               "docker_id": bound, "options": {}})
     if name:
         state.apply({"op": "network_name", "network": net["id"], "name": name, "node": THERE})
     return state
@@ -65,7 +67,7 @@ def test_a_network_of_another_host_is_created_here():
 def test_a_network_being_removed_here_is_not_created_again():
     """Docker hides it from the list before it calls DeleteNetwork; the mirror must wait for that."""
     engine, clock = FakeEngine(), Clock()
-    m, _ = mirror(engine, cluster(bound_here="d-here"), clock)
+    m, _ = mirror(engine, cluster(bound_here=docker_id("d-here")), clock)
     for _ in range(3):
         asyncio.run(m.step(periodic=False))
         clock.now += 5
@@ -76,11 +78,11 @@ def test_a_network_being_removed_here_is_not_created_again():
 
 
 def test_a_network_here_unknown_to_the_cluster_is_removed_and_an_unnamed_one_is_named():
-    state = cluster(bound_here="d-here", name=None)
-    engine = FakeEngine([{"Id": "d-here", "Name": "web"}, {"Id": "d-old", "Name": "old"}])
+    state = cluster(bound_here=docker_id("d-here"), name=None)
+    engine = FakeEngine([{"Id": docker_id("d-here"), "Name": "web"}, {"Id": docker_id("d-old"), "Name": "old"}])
     m, submitted = mirror(engine, state)
     asyncio.run(m.step(periodic=False))
-    assert engine.removed == ["d-old"]
+    assert engine.removed == [docker_id("d-old")]
     assert [op["op"] for op in submitted] == ["network_name"] and state.networks
     assert next(iter(state.networks.values()))["name"] == "web"
     assert engine.created == []

@@ -10,10 +10,13 @@ from shoutd.docker.plugin import ROUTES, make_app
 from shoutd.errors import ShoutdError
 from shoutd.service import Service
 
+from ..support import docker_id
 from .fakes import Config, FakeRaft, FakeReconciler
 
 NODE = "198.18.0.1:7380"
 EP = "e" * 64
+NET = docker_id("net1")
+MAC = "0a:5d:00:00:00:01"
 
 
 class Harness:
@@ -31,7 +34,7 @@ class Harness:
                                  headers={"Content-Type": "application/vnd.docker.plugins.v1.2+json"})
         return resp.status, json.loads(await resp.text())
 
-    async def create_network(self, client, docker_id="net1", pool=""):
+    async def create_network(self, client, docker_id=NET, pool=""):
         status, pool_reply = await self.call(client, "IpamDriver.RequestPool",
                                              {"AddressSpace": "shoutd", "Pool": pool, "Options": {}, "V6": False})
         assert status == 200, pool_reply
@@ -72,25 +75,25 @@ def test_full_container_lifecycle():
                                                                      "Options": {}})
         assert (status, addr["Address"]) == (200, "10.213.0.2/24")
         status, ep = await h.call(c, "NetworkDriver.CreateEndpoint", {
-            "NetworkID": "net1", "EndpointID": EP, "Interface": {"Address": addr["Address"]}, "Options": {}})
+            "NetworkID": NET, "EndpointID": EP, "Interface": {"Address": addr["Address"]}, "Options": {}})
         assert status == 200 and ep == {"Interface": {"MacAddress": "0a:5d:0a:d5:00:02"}}
-        status, join = await h.call(c, "NetworkDriver.Join", {"NetworkID": "net1", "EndpointID": EP,
+        status, join = await h.call(c, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
                                                               "SandboxKey": "/var/run/docker/netns/x"})
         assert status == 200
         assert join["InterfaceName"] == {"SrcName": "shc" + EP[:12], "DstPrefix": "eth"}
         assert join["StaticRoutes"] == [{"Destination": "224.0.0.0/4", "RouteType": 1}]
         assert "Gateway" not in join
-        assert h.reconciler.passes >= 3, "create network, endpoint and join each wait for the kernel"
-        status, info = await h.call(c, "NetworkDriver.EndpointOperInfo", {"NetworkID": "net1", "EndpointID": EP})
+        assert h.reconciler.syncs == 3, "create network, endpoint and join each wait for the kernel"
+        status, info = await h.call(c, "NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})
         assert status == 200 and info["Value"]["ip"] == "10.213.0.2"
-        assert (await h.call(c, "NetworkDriver.Leave", {"NetworkID": "net1", "EndpointID": EP}))[0] == 200
-        assert (await h.call(c, "NetworkDriver.DeleteEndpoint", {"NetworkID": "net1", "EndpointID": EP}))[0] == 200
+        assert (await h.call(c, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP}))[0] == 200
+        assert (await h.call(c, "NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP}))[0] == 200
         assert (await h.call(c, "IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"],
                                                               "Address": "10.213.0.2"}))[0] == 200
-        assert h.raft.state().networks[pool["PoolID"]]["addresses"] == {}
-        assert (await h.call(c, "NetworkDriver.DeleteNetwork", {"NetworkID": "net1"}))[0] == 200
+        assert h.raft.state.networks[pool["PoolID"]]["addresses"] == {}
+        assert (await h.call(c, "NetworkDriver.DeleteNetwork", {"NetworkID": NET}))[0] == 200
         assert (await h.call(c, "IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}))[0] == 200
-        assert h.raft.state().networks == {}
+        assert h.raft.state.networks == {}
     run(t)
 
 
@@ -132,7 +135,7 @@ def test_every_call_with_an_empty_body_or_unknown_ids_gets_an_error_not_a_traceb
         status, reply = await h.call(c, method, {})
         assert status in (400, 404, 409), (status, reply)
         assert reply["Err"] and "Traceback" not in reply["Err"]
-        ids = {"NetworkID": "nope", "EndpointID": "nope", "PoolID": "nope", "Address": "10.0.0.1",
+        ids = {"NetworkID": docker_id("nope"), "EndpointID": docker_id("nope"), "PoolID": "nope", "Address": "10.0.0.1",
                "Interface": {"Address": "10.0.0.2/24"}, "IPv4Data": [{"AddressSpace": "shoutd", "Pool": "10.0.0.0/24"}]}
         status, reply = await h.call(c, method, ids)
         if method in ("NetworkDriver.DeleteNetwork", "NetworkDriver.DeleteEndpoint", "IpamDriver.ReleasePool",
@@ -168,11 +171,11 @@ def test_deleting_a_network_in_use_elsewhere_is_refused_and_restored():
         h.raft.cluster.apply({"op": "network_name", "network": pool["PoolID"], "name": "web"})
         h.raft.cluster.apply({"op": "ip_allocate", "req": "r", "node": other, "network": pool["PoolID"]})
         h.raft.cluster.apply({"op": "endpoint_add", "network": pool["PoolID"], "node": other, "endpoint": EP,
-                              "ip": "10.213.0.2", "mac": "m"})
-        status, reply = await h.call(c, "NetworkDriver.DeleteNetwork", {"NetworkID": "net1"})
+                              "ip": "10.213.0.2", "mac": MAC})
+        status, reply = await h.call(c, "NetworkDriver.DeleteNetwork", {"NetworkID": NET})
         assert status == 409 and "h2 (198.18.0.2): 10.213.0.2" in reply["Err"]
-        assert pool["PoolID"] in h.raft.state().networks
-        assert h.changed == ["net1", "net1"], "the mirror is asked to restore the local copy"
+        assert pool["PoolID"] in h.raft.state.networks
+        assert h.changed == [NET, NET], "the mirror is asked to restore the local copy"
     run(t)
 
 
@@ -184,7 +187,7 @@ def test_authz_refuses_removing_a_network_used_on_another_host_and_nothing_else(
                    {"op": "network_name", "network": pool["PoolID"], "name": "web"},
                    {"op": "ip_allocate", "req": "r", "node": other, "network": pool["PoolID"]},
                    {"op": "endpoint_add", "network": pool["PoolID"], "node": other, "endpoint": EP,
-                    "ip": "10.213.0.2", "mac": "m"}):
+                    "ip": "10.213.0.2", "mac": MAC}):
             assert "error" not in h.raft.cluster.apply(op)
 
         async def ask(method, uri):
@@ -208,18 +211,96 @@ def test_authz_refuses_removing_a_network_used_on_another_host_and_nothing_else(
 
 def test_right_after_a_restart_state_calls_wait_for_the_state_and_probes_do_not():
     async def t(h, c):
-        current = []
-        h.service.is_current = lambda: bool(current)
+        h.raft.caught_up.clear()
         assert (await h.call(c, "Plugin.Activate"))[0] == 200          # Docker's probe is answered at once
         pool = asyncio.ensure_future(h.call(c, "IpamDriver.RequestPool",
                                             {"AddressSpace": "shoutd", "Pool": "", "Options": {}, "V6": False}))
         await asyncio.sleep(0.3)
         assert not pool.done() and h.raft.ops == [], "nothing is decided from a state that may be behind"
-        current.append(True)
+        h.raft.caught_up.set()
         status, reply = await pool
         assert status == 200 and reply["Pool"], reply
-        current.clear()
+        h.raft.caught_up.clear()
         with pytest.raises(ShoutdError) as e:
             await h.service.until_current(timeout=0.1)
         assert "not caught up with the cluster" in e.value.message
+    run(t)
+
+
+@pytest.mark.parametrize("mac", ["zz:zz", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "00:00:00:00:00:00",
+                                 "0a:5d:00:00:00:01:02", 17])
+def test_a_bad_mac_is_refused_before_anything_is_committed(mac):
+    async def t(h, c):
+        pool = await h.create_network(c)
+        _, addr = await h.call(c, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": {}})
+        before = len(h.raft.ops)
+        status, reply = await h.call(c, "NetworkDriver.CreateEndpoint", {
+            "NetworkID": NET, "EndpointID": EP, "Interface": {"Address": addr["Address"], "MacAddress": mac}})
+        assert status == 400 and "MAC address" in reply["Err"], reply
+        assert len(h.raft.ops) == before and not h.raft.state.endpoints, "nothing reached Raft"
+    run(t)
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("EndpointID", "../x y/..", "EndpointID"), ("EndpointID", "short", "EndpointID"),
+    ("NetworkID", "NET;rm -rf", "NetworkID"), ("Address", "10.99.0.5/24", "not a host address"),
+    ("Address", "10.213.0.255/24", "not a host address"), ("Address", "banana", "not an IPv4 address")])
+def test_bad_ids_and_addresses_are_refused_at_the_edge(field, value, words):
+    async def t(h, c):
+        pool = await h.create_network(c)
+        await h.call(c, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": {}})
+        body = {"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.213.0.2/24"}}
+        if field == "Address":
+            body["Interface"]["Address"] = value
+        else:
+            body[field] = value
+        before = len(h.raft.ops)
+        status, reply = await h.call(c, "NetworkDriver.CreateEndpoint", body)
+        assert status == 400 and words in reply["Err"], reply
+        assert len(h.raft.ops) == before
+    run(t)
+
+
+def test_a_static_address_outside_the_subnet_is_refused_before_raft():
+    async def t(h, c):
+        pool = await h.create_network(c, pool="10.5.0.0/24")
+        before = len(h.raft.ops)
+        status, reply = await h.call(c, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"],
+                                                                      "Address": "10.6.0.9", "Options": {}})
+        assert status == 400 and "not a host address" in reply["Error"], reply
+        assert len(h.raft.ops) == before
+    run(t)
+
+
+def test_an_oversized_body_is_413_and_a_deeply_nested_one_400():
+    async def t(h, c):
+        status, reply = await h.call(c, "IpamDriver.RequestPool", raw=b'{"Pool": "' + b"x" * (2 << 20) + b'"}')
+        assert status == 413 and "larger than" in reply["Err"], reply
+        status, reply = await h.call(c, "IpamDriver.RequestPool", raw=b"[" * 100000 + b"]" * 100000)
+        assert status == 400 and "nested too deeply" in reply["Err"], reply
+        status, reply = await h.call(c, "Plugin.Activate")
+        assert status == 200, "still serving"
+    run(t)
+
+
+def test_readers_never_change_the_live_state():
+    """Handlers read the replica in place (no copies): replaying the ops must give the same state."""
+    async def t(h, c):
+        pool = await h.create_network(c)
+        for i in range(3):
+            _, addr = await h.call(c, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "",
+                                                                    "Options": {}})
+            ep = docker_id("ep%d" % i)
+            await h.call(c, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": ep,
+                                                             "Interface": {"Address": addr["Address"]}})
+            await h.call(c, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": ep, "SandboxKey": "/x"})
+            await h.call(c, "NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": ep})
+        h.service.status()
+        h.service.authorize("DELETE", "/networks/" + NET)
+        from shoutd.state import ClusterState
+        replay = ClusterState()
+        replay.apply({"op": "member_up", "node": NODE, "advertise": "198.18.0.1", "raft": NODE, "hostname": "h1"})
+        for op in h.raft.ops:
+            replay.apply(op)
+        assert replay.data == h.raft.state.data
     run(t)

@@ -9,6 +9,16 @@ import pytest
 
 from shoutd.state import VNI_MIN, ClusterState
 
+from ..support import docker_id
+
+E1, E2, EE = docker_id("e1"), docker_id("e2"), "e" * 64
+MAC = "0a:5d:00:00:00:01"
+
+
+def content(cs):
+    """The state without the digest of applied ops (which every op, refused or not, moves)."""
+    return {k: v for k, v in cs.data.items() if k != "log"}
+
 POOL = {"pool": "10.213.0.0/16", "pool_prefix": 24}
 
 
@@ -19,10 +29,10 @@ def ok(cs, **op):
 
 
 def refused(cs, kind, **op):
-    before = copy.deepcopy(cs.data)
+    before = copy.deepcopy(content(cs))
     result = cs.apply(op)
     assert result.get("kind") == kind, result
-    assert cs.data == before, "a refused op must change nothing"
+    assert content(cs) == before, "a refused op must change nothing"
     return result["error"]
 
 
@@ -35,7 +45,7 @@ def cluster(*nodes):
 
 def network(cs, req="n1", node="a", subnet=None, name=None):
     net = ok(cs, op="network_reserve", req=req, node=node, subnet=subnet, **POOL)
-    ok(cs, op="network_bind", network=net["id"], node=node, docker_id="d-" + req + "-" + node)
+    ok(cs, op="network_bind", network=net["id"], node=node, docker_id=docker_id(req + "-" + node))
     if name:
         ok(cs, op="network_name", network=net["id"], name=name)
     return net
@@ -135,21 +145,21 @@ def test_gateway_can_be_chosen_at_create_only():
     cs = cluster("a")
     net = ok(cs, op="network_reserve", req="n", node="a", subnet="10.1.0.0/24", **POOL)
     assert ok(cs, op="network_gateway", network=net["id"], node="a", gateway="10.1.0.254")["gateway"] == "10.1.0.254"
-    ok(cs, op="network_bind", network=net["id"], node="a", docker_id="d")
+    ok(cs, op="network_bind", network=net["id"], node="a", docker_id=docker_id("d"))
     refused(cs, "conflict", op="network_gateway", network=net["id"], node="a", gateway="10.1.0.9")
 
 
 def test_delete_with_containers_elsewhere_keeps_the_network_and_says_where():
     cs = cluster("a", "b")
     net = network(cs, name="web")
-    ok(cs, op="network_bind", network=net["id"], node="b", docker_id="db")
+    ok(cs, op="network_bind", network=net["id"], node="b", docker_id=docker_id("db"))
     ip = ok(cs, op="ip_allocate", req="r", node="b", network=net["id"])
-    ok(cs, op="endpoint_add", network=net["id"], node="b", endpoint="e" * 64, ip=ip, mac="0a:5d:00:00:00:01")
+    ok(cs, op="endpoint_add", network=net["id"], node="b", endpoint=EE, ip=ip, mac=MAC)
     result = ok(cs, op="network_delete", network=net["id"], node="a")
     assert result["deleted"] is False
     assert "h2 (198.18.0.2)" in result["reason"] and ip in result["reason"]
     assert net["id"] in cs.networks and "a" not in cs.networks[net["id"]]["bindings"]
-    ok(cs, op="endpoint_remove", endpoint="e" * 64)
+    ok(cs, op="endpoint_remove", endpoint=EE)
     assert ok(cs, op="network_delete", network=net["id"], node="b")["deleted"] is True
     assert not cs.networks
 
@@ -166,13 +176,13 @@ def test_release_pool_drops_only_abandoned_creates():
 def test_endpoint_needs_an_address_from_our_ipam():
     cs = cluster("a")
     net = network(cs, name="web")
-    msg = refused(cs, "invalid", op="endpoint_add", network=net["id"], node="a", endpoint="e1", ip="10.213.0.9",
-                  mac="0a:5d:00:00:00:01")
+    msg = refused(cs, "invalid", op="endpoint_add", network=net["id"], node="a", endpoint=E1, ip="10.213.0.9",
+                  mac=MAC)
     assert "--ipam-driver shoutd" in msg
     ip = ok(cs, op="ip_allocate", req="r", node="a", network=net["id"])
-    ok(cs, op="endpoint_add", network=net["id"], node="a", endpoint="e1", ip=ip, mac="m")
-    assert ok(cs, op="endpoint_add", network=net["id"], node="a", endpoint="e1", ip=ip, mac="m")["id"] == "e1"
-    refused(cs, "conflict", op="endpoint_add", network=net["id"], node="a", endpoint="e2", ip=ip, mac="m")
+    ok(cs, op="endpoint_add", network=net["id"], node="a", endpoint=E1, ip=ip, mac=MAC)
+    assert ok(cs, op="endpoint_add", network=net["id"], node="a", endpoint=E1, ip=ip, mac=MAC)["id"] == E1
+    refused(cs, "conflict", op="endpoint_add", network=net["id"], node="a", endpoint=E2, ip=ip, mac=MAC)
     refused(cs, "conflict", op="ip_release", network=net["id"], ip=ip)
 
 
@@ -180,7 +190,7 @@ def test_removing_a_member_frees_what_it_held():
     cs = cluster("a", "b")
     net = network(cs, name="web")
     ip = ok(cs, op="ip_allocate", req="r", node="b", network=net["id"])
-    ok(cs, op="endpoint_add", network=net["id"], node="b", endpoint="e1", ip=ip, mac="m")
+    ok(cs, op="endpoint_add", network=net["id"], node="b", endpoint=E1, ip=ip, mac=MAC)
     ok(cs, op="member_remove", node="b")
     assert "b" not in cs.members and not cs.endpoints and not cs.networks[net["id"]]["addresses"]
 
@@ -196,10 +206,10 @@ def test_advertise_addresses_are_unique():
                                  "pool": "junk", "pool_prefix": 24}])
 def test_garbage_never_raises(op):
     cs = cluster("a")
-    before = copy.deepcopy(cs.data)
+    before = copy.deepcopy(content(cs))
     result = cs.apply(op)
     assert result["kind"] == "invalid" and result["error"]
-    assert cs.data == before
+    assert content(cs) == before
 
 
 def test_same_ops_same_state_and_snapshots_round_trip():
@@ -222,3 +232,89 @@ def test_same_ops_same_state_and_snapshots_round_trip():
     for net in one.networks.values():
         for ip in net["addresses"]:
             assert ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(net["subnet"])
+
+
+def test_a_withdrawn_request_never_takes_effect_later():
+    cs = cluster("a")
+    net = network(cs)
+    assert ok(cs, op="withdraw", target="late", node="a") == {"withdrawn": True}
+    msg = refused(cs, "unavailable", op="ip_allocate", req="late", node="a", network=net["id"])
+    assert "withdrawn" in msg and "nothing was changed" in msg
+    assert ok(cs, op="withdraw", target="late", node="a") == {"withdrawn": True}, "withdrawing again is harmless"
+
+
+def test_withdrawing_an_applied_request_undoes_it_where_that_is_safe():
+    cs = cluster("a", "b")
+    net = network(cs, subnet="10.1.0.0/24", name="web")
+    ip = ok(cs, op="ip_allocate", req="alloc", node="a", network=net["id"])
+    assert ok(cs, op="withdraw", target="alloc", node="a") == {"withdrawn": True}
+    assert ip not in cs.networks[net["id"]]["addresses"], "the address went back to the pool"
+    refused(cs, "unavailable", op="ip_allocate", req="alloc", node="a", network=net["id"])
+
+    used = ok(cs, op="ip_allocate", req="used", node="b", network=net["id"])
+    ok(cs, op="endpoint_add", req="ep", network=net["id"], node="b", endpoint=E1, ip=used, mac=MAC)
+    # Docker went on with the address after all: it is not taken away from a container.
+    assert ok(cs, op="withdraw", target="used", node="b") == {"applied": used}
+    assert ok(cs, op="withdraw", target="ep", node="b") == {"withdrawn": True}
+    assert E1 not in cs.endpoints and not cs.networks[net["id"]]["endpoints"]
+
+    pool = ok(cs, op="network_reserve", req="pool", node="a", **POOL)
+    assert ok(cs, op="withdraw", target="pool", node="a") == {"withdrawn": True}
+    assert pool["id"] not in cs.networks
+    ok(cs, op="ip_release", req="rel", network=net["id"], ip=used)
+    assert ok(cs, op="withdraw", target="rel", node="b") == {"applied": None}, "a release is not undone"
+
+
+def test_a_retried_request_returns_its_first_answer():
+    cs = cluster("a")
+    net = network(cs)
+    first = ok(cs, op="ip_allocate", req="same", node="a", network=net["id"])
+    ok(cs, op="ip_release", network=net["id"], ip=first)
+    assert ok(cs, op="ip_allocate", req="same", node="a", network=net["id"]) == first
+    assert cs.networks[net["id"]]["addresses"] == {}, "the retry did not allocate again"
+
+
+def test_the_request_memory_is_bounded(monkeypatch):
+    import shoutd.state as state_module
+    monkeypatch.setattr(state_module, "REQUEST_MEMORY", 50)
+    cs = cluster("a")
+    net = network(cs, subnet="10.1.0.0/24")
+    for i in range(120):
+        ok(cs, op="ip_allocate", req="r%d" % i, node="a", network=net["id"])
+    assert len(cs.data["requests"]) == 50 and "r119" in cs.data["requests"] and "r0" not in cs.data["requests"]
+
+
+def test_a_snapshot_from_an_older_shoutd_is_brought_up_to_date():
+    cs = cluster("a")
+    net = network(cs, name="web")
+    ip = ok(cs, op="ip_allocate", req="r", node="a", network=net["id"])
+    ok(cs, op="endpoint_add", network=net["id"], node="a", endpoint=E1, ip=ip, mac=MAC)
+    old = copy.deepcopy(cs.data)
+    del old["requests"], old["log"]
+    for n in old["networks"].values():
+        del n["endpoints"]
+    for e in old["endpoints"].values():
+        del e["req"]
+    again = ClusterState(pickle.loads(pickle.dumps(old)))
+    assert again.endpoints_of(net["id"])[0]["id"] == E1
+    assert "already used by endpoint" in refused(again, "conflict", op="endpoint_add", network=net["id"], node="a",
+                                                 endpoint=E2, ip=ip, mac=MAC)
+
+
+def test_an_allocation_costs_the_same_in_a_big_state():
+    """No op scans the addresses: the last thousand allocations in a /16 cost what the first did."""
+    import time
+    cs = cluster("a")
+    net = network(cs, subnet="10.64.0.0/16")
+
+    def batch(start):
+        began = time.process_time()
+        for i in range(start, start + 500):
+            ok(cs, op="ip_allocate", req="r%d" % i, node="a", network=net["id"])
+        return time.process_time() - began
+    early = min(batch(0), batch(500), batch(1000))
+    for start in range(1500, 9000, 500):
+        batch(start)
+    late = min(batch(9000), batch(9500), batch(10000))
+    assert len(cs.networks[net["id"]]["addresses"]) == 10500
+    assert late < early * 2, "allocation got slower as the state grew: %.4fs -> %.4fs per 500" % (early, late)

@@ -1,0 +1,116 @@
+"""Value checks shared by every edge and by the state machine.
+
+A bad value must be refused before it reaches Raft: once committed, it is on
+every host for good, and the reconciler would trip over it on every pass
+(a broadcast MAC as a unicast FDB entry sends every host's broadcast to one
+host).  So the adapters check what callers send, and the state machine
+checks again with the same functions, as a second line.  Each check returns
+the value in its canonical form or raises ShoutdError(INVALID) naming the
+value and what a good one looks like.
+"""
+
+import ipaddress
+import re
+
+from .errors import INVALID, ShoutdError
+
+# Docker's network and endpoint ids are 64 lowercase hex digits.  The kernel
+# names a container's veth after the first 12 (see dataplane/desired.py).
+_DOCKER_ID = re.compile(r"^[0-9a-f]{12,64}$")
+# shoutd's own network (pool) ids, and request ids: uuid4().hex, or shorter
+# names in tests and older states.
+_OWN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
+# Docker's rule for network names.
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAX_OPTIONS = 64
+MAX_OPTION_LENGTH = 4096
+
+
+def _fail(message):
+    raise ShoutdError(message, INVALID)
+
+
+def docker_id(value, what):
+    if not isinstance(value, str) or not _DOCKER_ID.match(value):
+        _fail("%s %s is not a Docker id (12 to 64 lowercase hex digits)" % (what, _short(value)))
+    return value
+
+
+def own_id(value, what):
+    if not isinstance(value, str) or not _OWN_ID.match(value):
+        _fail("%s %s is not a shoutd id (1 to 64 letters, digits, '_', '.' or '-')" % (what, _short(value)))
+    return value
+
+
+def network_name(value):
+    if not isinstance(value, str) or not _NAME.match(value):
+        _fail("network name %s is not valid: use letters, digits, '_', '.' and '-', starting with a letter "
+              "or digit" % _short(value))
+    return value
+
+
+def unicast_mac(value):
+    """Six hex octets; unicast (I/G bit clear) and not all zero."""
+    text = value.lower() if isinstance(value, str) else value
+    if not isinstance(text, str) or not _MAC.match(text):
+        _fail("MAC address %s is not six hex octets such as 0a:5d:0a:d5:00:02" % _short(value))
+    if int(text[:2], 16) & 1:
+        _fail("MAC address %s is a multicast or broadcast address; a container needs a unicast one" % text)
+    if text == "00:00:00:00:00:00":
+        _fail("MAC address 00:00:00:00:00:00 is not a usable address")
+    return text
+
+
+def ipv4(value, what):
+    if not isinstance(value, str):
+        _fail("%s %s is not an IPv4 address" % (what, _short(value)))
+    try:
+        return ipaddress.IPv4Interface(value).ip if "/" in value else ipaddress.IPv4Address(value)
+    except ValueError:
+        _fail("%s %s is not an IPv4 address" % (what, _short(value)))
+
+
+def host_in(ip, subnet, what, label):
+    """`ip` must be a host address of `subnet` (not its network or broadcast address)."""
+    subnet = ipaddress.IPv4Network(subnet)
+    if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address):
+        _fail("%s %s is not a host address of %s (subnet %s)" % (what, ip, label, subnet))
+    return ip
+
+
+def mtu(value):
+    if value in (None, "", 0):
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 68 <= value <= 65535:
+        _fail("MTU %s is not between 68 and 65535" % _short(value))
+    return value
+
+
+def options(value, what="options"):
+    """A small dict of strings, as Docker's driver and IPAM options are."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        _fail("%s must be an object of strings" % what)
+    if len(value) > MAX_OPTIONS:
+        _fail("%s has %d entries; at most %d are accepted" % (what, len(value), MAX_OPTIONS))
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)) or \
+                len(k) > MAX_OPTION_LENGTH or len(str(v)) > MAX_OPTION_LENGTH:
+            _fail("%s: %s is not a short string option" % (what, _short(k)))
+        out[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
+def text(value, what, limit=253):
+    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
+        _fail("%s %s is not printable text of at most %d characters" % (what, _short(value), limit))
+    return value
+
+
+def _short(value):
+    """The offending value for a message: quoted, and cut short if long."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

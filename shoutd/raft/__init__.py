@@ -1,0 +1,42 @@
+"""The Raft cluster: everything that knows about PySyncObj lives in this package.
+
+PySyncObj has sharp edges (see ../shared/LIBRARIES.md and each module's note),
+and they are handled here and nowhere else:
+- node.py       the member: built on the main thread, watched (health, honest
+                quorum), bridged to asyncio; writes with definite outcomes
+- machine.py    the replicated state machine on the tick thread, and the
+                loop's own replica of it (no copies, no locks for readers)
+- transport.py  the Raft port hardened against strangers; who was heard when
+- journal.py    the journal fsynced before anything is acknowledged
+- join.py       AddPeer's join protocol, and the membership kept across restarts
+
+PySyncObj before 0.3.16 keeps the Raft term and vote only in memory, so
+restarting every member at once can elect a stale leader and overwrite
+committed entries (upstream issue #201).  shoutd refuses to run on it.
+"""
+
+import pysyncobj.version
+
+from ..errors import ShoutdError
+from .join import JOIN, JoinRequests, MemberFile, ask_to_join
+from .node import RaftNode, RaftStatus, check_port_free, new_request_id
+
+MIN_PYSYNCOBJ = (0, 3, 16)
+
+__all__ = ["JOIN", "JoinRequests", "MemberFile", "RaftNode", "RaftStatus", "ask_to_join", "check_port_free",
+           "check_pysyncobj", "new_request_id"]
+
+
+def check_pysyncobj(version=None):
+    """Refuse a PySyncObj that could lose committed entries."""
+    version = version or pysyncobj.version.VERSION
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:3])
+    except ValueError:
+        return
+    if parts < MIN_PYSYNCOBJ:
+        raise ShoutdError("PySyncObj %s is too old: before %s it keeps the Raft term and vote only in memory, so "
+                          "a restart of every member can lose committed data. Install python3-pysyncobj %s or "
+                          "later (shoutd's packages ship it; pip: pip install 'pysyncobj>=%s')"
+                          % (version, ".".join(map(str, MIN_PYSYNCOBJ)), ".".join(map(str, MIN_PYSYNCOBJ)),
+                             ".".join(map(str, MIN_PYSYNCOBJ))))

@@ -1,0 +1,102 @@
+"""Joining a host to a cluster (AddPeer), and remembering the membership across restarts.
+
+The join.  PySyncObj adds a member on the existing cluster, but the new host
+must also start with the right member list.  So a member running AddPeer first
+asks the new host, with a `shoutd_join` utility message on its Raft port, to
+drop its one-node cluster and rebuild with the full list; then it commits the
+addition.  Utility messages arrive only after the secret-keyed handshake, so
+only a holder of the cluster secret can ask a host to join.  The new host
+answers at once and acts JOIN_GRACE later: PySyncObj's client treats a
+hang-up that arrives together with the reply as a lost connection.
+
+The membership file.  PySyncObj replays membership *changes* from its journal
+on top of the nodes it is started with, so a host that joined through AddPeer
+would come back knowing only the members added after it.  The current
+membership is therefore kept in state_dir/members.json, rewritten whenever it
+changes while a leader is known, and read at start.
+"""
+
+import asyncio
+import json
+import logging
+import os
+
+from pysyncobj.utility import TcpUtility, UtilityException
+
+from ..errors import CONFLICT, UNAVAILABLE, ShoutdError
+
+log = logging.getLogger(__name__)
+
+JOIN = "shoutd_join"
+JOIN_GRACE = 1.0          # seconds between answering a join request and acting on it
+MEMBERS_FILE = "members.json"
+
+
+async def ask_to_join(secret, addr, members, timeout=10.0):
+    """Ask the shoutd at `addr` to leave its one-node cluster and join `members`."""
+    def call():
+        try:
+            return TcpUtility(password=secret, timeout=timeout).executeCommand(addr, [JOIN] + members)
+        except UtilityException as e:
+            return "unreachable: %s" % e
+    reply = str(await asyncio.get_running_loop().run_in_executor(None, call))
+    if reply.startswith("unreachable"):
+        raise ShoutdError("host %s did not accept the join request (%s): is shoutd running there, "
+                          "listening on that address, with the same cluster secret?"
+                          % (addr, reply.split(": ", 1)[-1]), UNAVAILABLE)
+    if reply != "joining":
+        raise ShoutdError("host %s refused to join: %s" % (addr, reply), CONFLICT)
+
+
+class JoinRequests:
+    """The answering side: registered as the JOIN utility message of a RaftNode."""
+
+    def __init__(self, self_addr, on_join):
+        self.self_addr = self_addr
+        self.on_join = on_join       # called on the loop with the new member list
+        self.node = None             # the RaftNode, once built
+
+    def __call__(self, args, callback):
+        """On the tick thread: answer at once, rebuild on the loop after JOIN_GRACE."""
+        node = self.node
+        members = [str(a) for a in args]
+        if self.self_addr not in members:
+            return callback("the member list does not name this host (%s)" % self.self_addr, None)
+        if node is None or node.loop is None:
+            return callback("%s is not ready to join yet; try again" % self.self_addr, None)
+        if len(node.status.nodes) > 1:
+            others = ", ".join(n for n in sorted(node.status.nodes) if n != self.self_addr)
+            return callback("%s is already a member of a cluster with %s; remove it there first"
+                            % (self.self_addr, others), None)
+        if node.machine.has_networks():
+            return callback("%s has shoutd networks of its own; remove them before it joins" % self.self_addr, None)
+        callback("joining", None)
+        node.loop.call_soon_threadsafe(node.loop.call_later, JOIN_GRACE, self.on_join, members)
+
+
+class MemberFile:
+    def __init__(self, state_dir):
+        self.path = os.path.join(state_dir, MEMBERS_FILE) if state_dir else None
+        self.known = self.load()
+
+    def load(self):
+        if self.path is None:
+            return []
+        try:
+            with open(self.path) as f:
+                members = json.load(f)
+            return sorted(m for m in members if isinstance(m, str))
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def remember(self, status):
+        """Keep the membership of `status` (a RaftStatus) if a leader vouches for it."""
+        members = sorted(status.nodes)
+        if self.path is None or status.leader is None or members == self.known:
+            return
+        self.known = members
+        with open(self.path + ".new", "w") as f:
+            json.dump(members, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.path + ".new", self.path)

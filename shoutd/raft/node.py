@@ -1,0 +1,457 @@
+"""One member of the Raft cluster: PySyncObj built, watched and bridged to asyncio.
+
+What the rest of shoutd gets from here:
+- `state`: the loop's replica of the cluster state (machine.py), never copied.
+- `status`: a RaftStatus published by the tick thread after every tick, so
+  the loop never reads PySyncObj's internals while they change.  Its
+  `has_quorum` is honest: the leader has heard from a majority, or a
+  follower from its leader, within the election timeout (PySyncObj's own
+  hasQuorum counts open TCP connections, true on a host cut off by a firewall).
+- `submit(op)`: replicate one op and get a definite answer (below).
+- `caught_up`: set once an op this process proposed has committed and been
+  applied here.  A node that restarts and wins the election may believe a
+  commit index older than the entries it holds; nothing acts on the state
+  (kernel, Docker, READY=1) before this event.
+- `health()`: whether the tick thread is alive and ticking, for the watchdog.
+
+A definite answer.  PySyncObj reports some failures that may still commit
+later (the leader changed while a forwarded command was in flight), and a
+timeout says nothing at all.  Such a command is settled by proposing
+`withdraw` for its request id (state.py): once that commits, the command can
+never take effect, or it already has and its result is returned.  Only when
+even the withdrawal cannot commit (no quorum) does the caller get an
+"outcome unknown" error, and the withdrawal goes on in the background.
+Commands are never queued while there is no leader (commandsWaitLeader is
+off): a host in a minority answers NoQuorum within seconds and nothing it
+refused commits when the partition heals.
+"""
+
+import asyncio
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
+
+from ..errors import UNAVAILABLE, ShoutdError
+from . import journal
+from .machine import NUDGE, Handover, LoopReplica, TickMachine
+from .transport import GuardedTransport
+
+log = logging.getLogger(__name__)
+
+ELECTION_MIN, ELECTION_MAX = 0.4, 1.4     # seconds without a leader before an election
+LEADER_FALLBACK = 2.0     # a leader that hears from no majority for this long steps down
+CONNECTION_TIMEOUT = 3.5  # PySyncObj drops a connection silent for this long
+QUORUM_WAIT = 3.0         # how long a write waits for a leader to appear (an election) before NoQuorum
+SUBMIT_TIMEOUT = 10.0
+SETTLE_TIME = 5.0         # after a timeout, how long to try to settle the outcome before answering
+TICK_STALL = 10.0         # a tick thread silent this long is wedged
+
+# Outcomes of one proposal.
+DONE, REFUSED, UNKNOWN = "done", "refused", "unknown"
+_REFUSED = {
+    FAIL_REASON.QUEUE_FULL: "the Raft command queue is full",
+    FAIL_REASON.MISSING_LEADER: "the cluster has no leader",
+    FAIL_REASON.DISCARDED: "a new leader replaced the command",
+    FAIL_REASON.NOT_LEADER: "the leader changed before the command reached it",
+    FAIL_REASON.REQUEST_DENIED: "the cluster refused the request",
+}
+_UNKNOWN = {
+    FAIL_REASON.LEADER_CHANGED: "the leader changed while the command was in flight",
+    getattr(FAIL_REASON, "UNKNOWN_OUTCOME", 7): "the leader could not tell whether the command committed",
+}
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    self: str
+    leader: str = None
+    term: int = 0
+    role: str = "follower"
+    has_quorum: bool = False
+    ready: bool = False                         # PySyncObj applied what it knows to be committed
+    nodes: dict = field(default_factory=dict)   # member -> "self" | "connected" | "disconnected"
+    silent: tuple = ()                          # members not heard from within the election timeout
+    commit_index: int = 0
+    last_applied: int = 0
+
+    def key(self):
+        """What followers of the status care about (indexes move on every entry)."""
+        return (self.leader, self.term, self.role, self.has_quorum, self.ready, tuple(sorted(self.nodes.items())),
+                self.silent)
+
+
+class _Hooks:
+    """What the transport and the tick call back into, on the tick thread."""
+
+    def __init__(self, before_ack, utility_messages):
+        self.before_ack = before_ack
+        self.utility_messages = utility_messages
+        self.transport = None            # the transport registers itself as PySyncObj builds it
+
+
+class _SyncObj(SyncObj):
+    """SyncObj with a hook around each tick: durability first, status after."""
+
+    def __init__(self, around_tick, *args, **kwargs):
+        self._around_tick = around_tick      # set before SyncObj records its own attributes
+        super().__init__(*args, **kwargs)
+
+    def _onTick(self, timeToWait=0.0):
+        self._around_tick[0](self)
+        super()._onTick(timeToWait)
+        self._around_tick[1](self)
+
+
+def new_request_id():
+    return uuid.uuid4().hex
+
+
+def call_on(loop, fn, *args):
+    """call_soon_threadsafe from the tick thread; a loop that is gone (shutdown) is no error."""
+    if loop is None:
+        return
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
+
+
+class RaftNode:
+    """One member of the Raft cluster.  Build on the main thread (PySyncObj's tick
+    thread ends with the thread that built it), then `attach` on the loop."""
+
+    def __init__(self, self_addr, peer_addrs, secret, journal_file=None, dump_file=None, durable=True,
+                 utility_messages=None, legacy_journal=None):
+        self.self_addr = self_addr
+        self.secret = secret
+        self._files = (journal_file, dump_file)
+        self._legacy = legacy_journal
+        self.durable = durable
+        self.utility_messages = dict(utility_messages or {})
+        self._handover = Handover()
+        self.replica = LoopReplica(self._handover)
+        self.status = RaftStatus(self=self_addr, nodes={self_addr: "self"})
+        self.loop = None
+        self.caught_up = None            # asyncio.Event, made in attach()
+        self._status_changed = None
+        self._on_change = lambda: None
+        self._last_tick = time.monotonic()
+        self._quorum_seen = time.monotonic()     # a new node gets the full wait for its first election
+        self._settling = set()
+        self._generation = 0
+        self._journal_slot = []
+        self._build(peer_addrs)
+
+    def _build(self, peer_addrs):
+        self._generation += 1
+        generation = self._generation
+        self.machine = TickMachine(self._handover)
+        journal_file, dump_file = self._files
+        conf = SyncObjConf(
+            password=self.secret,            # Fernet: authenticated before anything is unpickled
+            bindAddress=self.self_addr,      # never 0.0.0.0
+            dynamicMembershipChange=True,
+            journalFile=journal_file,
+            fullDumpFile=dump_file,
+            useFork=False,                   # forking a threaded process can deadlock
+            commandsWaitLeader=False,        # see the module note: refuse, never queue
+            # Every container start and stop commits several commands, so
+            # commit latency is what `docker run` feels: send each command at
+            # once; the no-op in _propose() then commits it in one round trip.
+            appendEntriesUseBatch=False,
+            connectionRetryTime=1.0,
+            connectionTimeout=CONNECTION_TIMEOUT,
+            raftMinTimeout=ELECTION_MIN,
+            raftMaxTimeout=ELECTION_MAX,
+            leaderFallbackTimeout=LEADER_FALLBACK,
+        )
+        hooks = _Hooks(self._sync_journal, self.utility_messages)
+        others = [p for p in peer_addrs if p != self.self_addr]
+        # The tick thread starts inside SyncObj(): everything the hooks use
+        # must exist before, hence the slots filled by the builders.
+        with journal.building(dump_file, self.durable, self._legacy) as self._journal_slot:
+            self.sync = _SyncObj((self._before_tick, lambda sync: self._after_tick(sync, hooks, generation)),
+                                 self.self_addr, others, conf=conf, consumers=[self.machine],
+                                 transportClass=GuardedTransport.with_hooks(hooks))
+
+    # -- the tick thread -----------------------------------------------------
+
+    def _sync_journal(self):
+        for j in self._journal_slot:
+            j.sync()
+
+    def _before_tick(self, sync):
+        # A leader counts its own copy of an entry towards a commit during the
+        # tick: make that copy durable first (see journal.py).
+        self._sync_journal()
+
+    def _after_tick(self, sync, hooks, generation):
+        if generation != self._generation:
+            return                       # the last ticks of a node replaced by rebuild()
+        now = time.monotonic()
+        self._last_tick = now
+        heard = hooks.transport.heard
+        leader = sync._getLeader()
+        others = sync.otherNodes
+        nodes = {self.self_addr: "self"}
+        for n in others:
+            nodes[n.id] = "connected" if sync.isNodeConnected(n) else "disconnected"
+        fresh = {n.id for n in others if now - heard.get(n.id, -1e9) <= ELECTION_MAX}
+        if sync._isLeader():
+            role, quorum = "leader", len(fresh) + 1 > (len(others) + 1) / 2
+        elif leader is not None:
+            role, quorum = "follower", leader.id in fresh
+        else:
+            role, quorum = "candidate", False
+        silent = tuple(sorted(n.id for n in others if n.id not in fresh))
+        status = RaftStatus(self=self.self_addr, leader=leader.id if leader is not None else None,
+                            term=sync.raftCurrentTerm, role=role, has_quorum=quorum, ready=sync.isReady(),
+                            nodes=nodes, silent=silent, commit_index=sync.raftCommitIndex,
+                            last_applied=sync.raftLastApplied)
+        if quorum:
+            self._quorum_seen = now
+        changed = status.key() != self.status.key()
+        self.status = status
+        if changed:
+            call_on(self.loop, self._status_moved)
+
+    # -- the loop side ---------------------------------------------------------
+
+    def attach(self, loop, on_change=None):
+        """Start feeding the replica on `loop`; `on_change` runs there after state or status changes."""
+        on_change = on_change or self._on_change
+        self.loop = loop
+        self.caught_up = asyncio.Event()
+        self._status_changed = asyncio.Event()
+        self._on_change = on_change
+        self.replica.attach(loop, on_change)
+        loop.call_soon(self._status_moved)
+
+    def _status_moved(self):
+        self._status_changed.set()
+        self._status_changed = asyncio.Event()
+        self._on_change()
+
+    @property
+    def state(self):
+        """The loop's replica of the cluster state: read it, never change it."""
+        return self.replica.state
+
+    def health(self):
+        """None while the tick thread is alive and ticking, else what is wrong."""
+        if not self.sync.tick_thread_alive():
+            return "the Raft thread has stopped"
+        silent = time.monotonic() - self._last_tick
+        if silent > TICK_STALL:
+            return "the Raft thread has not ticked for %.0fs" % silent
+        return None
+
+    def members(self):
+        return sorted(self.status.nodes)
+
+    def _bridge(self):
+        """A future on the loop and a PySyncObj callback (tick thread) that settles it."""
+        loop = self.loop
+        fut = loop.create_future()
+
+        def callback(result, err):
+            def settle():
+                if not fut.done():
+                    fut.set_result((result, err))
+            call_on(loop, settle)
+        return fut, callback
+
+    async def until_quorum(self, wait=QUORUM_WAIT, describe=None):
+        """Return once the cluster has a reachable leader; raise NoQuorum after `wait` seconds.
+
+        The wait covers an election in progress; a host that has been without
+        a quorum for longer than that refuses at once.
+        """
+        lost_for = time.monotonic() - self._quorum_seen
+        deadline = self.loop.time() + max(0.0, min(wait, QUORUM_WAIT - lost_for))
+        while not self.status.has_quorum:
+            left = deadline - self.loop.time()
+            if left <= 0:
+                raise ShoutdError(self.no_quorum_message(describe), UNAVAILABLE, "NoQuorum")
+            try:
+                await asyncio.wait_for(self._status_changed.wait(), min(left, 0.25))
+            except asyncio.TimeoutError:
+                pass
+
+    def no_quorum_message(self, describe=None):
+        """Which members this host cannot reach; `describe` names a member for people."""
+        describe = describe or (lambda member: member)
+        st = self.status
+        total = len(st.nodes)
+        unreachable = [describe(m) for m in sorted(st.nodes) if m in st.silent]
+        text = "the cluster has no quorum: %d of its %d members must reach each other to elect a leader" \
+               % (total // 2 + 1, total)
+        if unreachable:
+            text += ", and this host, %s, has not heard from %s. Bring %s back or reconnect them (TCP port %s)" \
+                % (describe(self.self_addr), " or ".join(unreachable), "it" if len(unreachable) == 1 else "them",
+                   self.self_addr.rsplit(":", 1)[1])
+        elif st.leader is None:
+            text += "; no leader is elected yet, try again in a moment"
+        return text
+
+    async def _propose(self, op, timeout):
+        """One attempt: (DONE, result) | (REFUSED, why) | (UNKNOWN, why)."""
+        fut, callback = self._bridge()
+        self.machine.apply(op, callback=callback)
+        # PySyncObj's leader counts a follower's ack as one entry short of what
+        # the follower holds, so an entry commits only once the next entry or
+        # heartbeat has reached the followers.  A no-op right behind the
+        # command is that next entry, now rather than at the next heartbeat.
+        self.machine.apply(NUDGE)
+        deadline = self.loop.time() + timeout
+        while not fut.done():
+            left = deadline - self.loop.time()
+            if left <= 0:
+                return UNKNOWN, "it did not commit within %gs" % timeout
+            if not self.status.has_quorum:
+                # It cannot commit until a majority is back: stop waiting now.
+                return UNKNOWN, "the cluster lost its quorum before the command committed"
+            moved = asyncio.ensure_future(self._status_changed.wait())
+            await asyncio.wait([fut, moved], timeout=min(left, 0.5), return_when=asyncio.FIRST_COMPLETED)
+            moved.cancel()
+        result, err = fut.result()
+        if err == FAIL_REASON.SUCCESS:
+            await self.replica.until(result.get("seq"))
+            return DONE, result
+        if err in _REFUSED:
+            return REFUSED, _REFUSED[err]
+        return UNKNOWN, _UNKNOWN.get(err, "Raft error %s" % err)
+
+    async def submit(self, op, timeout=SUBMIT_TIMEOUT, describe=None):
+        """Replicate `op`; return its value, or raise ShoutdError with a definite outcome.
+
+        Every refusal means the op will never take effect.  The one exception
+        is an error named OutcomeUnknown, which says so.
+        """
+        op = dict(op)
+        op.setdefault("req", new_request_id())
+        name = op.get("op")
+        self._ensure_attached()
+        await self.until_quorum(min(QUORUM_WAIT, timeout), describe)
+        outcome, detail = await self._propose(op, timeout)
+        if outcome == UNKNOWN:
+            log.info("%s %s: %s; withdrawing it", name, op["req"], detail)
+            outcome, detail = await self._settle(op, SETTLE_TIME)
+            if outcome == UNKNOWN:
+                self._settle_later(op)
+                raise ShoutdError("the cluster did not confirm %s and cannot tell yet whether it took effect (%s); "
+                                  "shoutd keeps settling it and undoes it if it did. Try again once the cluster "
+                                  "has a quorum" % (name, self.no_quorum_message(describe)),
+                                  UNAVAILABLE, "OutcomeUnknown")
+        if outcome == REFUSED:
+            if not self.status.has_quorum:
+                raise ShoutdError("cannot %s: %s" % (name, self.no_quorum_message(describe)), UNAVAILABLE, "NoQuorum")
+            raise ShoutdError("cannot %s: %s; nothing was changed, try again" % (name, detail), UNAVAILABLE)
+        if "error" in detail:
+            raise ShoutdError(detail["error"], detail["kind"])
+        return detail["value"]
+
+    async def _settle(self, op, within):
+        """Withdraw `op` until that commits: (DONE, its result as if it had answered) or (REFUSED, why)."""
+        deadline = self.loop.time() + within
+        withdraw = {"op": "withdraw", "target": op["req"], "node": op.get("node")}
+        while True:
+            left = deadline - self.loop.time()
+            if left <= 0:
+                return UNKNOWN, None
+            try:
+                await self.until_quorum(min(left, QUORUM_WAIT))
+            except ShoutdError:
+                return UNKNOWN, None         # no majority in sight: answer now, settle in the background
+            if self.status.has_quorum:
+                outcome, result = await self._propose(dict(withdraw, req=new_request_id()), left)
+                if outcome == DONE and "value" in result:
+                    value = result["value"]
+                    if "applied" in value:
+                        log.info("%s %s had committed after all; its result stands", op.get("op"), op["req"])
+                        return DONE, {"value": value["applied"]}
+                    log.info("%s %s withdrawn: it has no effect", op.get("op"), op["req"])
+                    return REFUSED, "it did not commit in time"
+            await asyncio.sleep(min(0.2, max(left, 0)))
+
+    def _settle_later(self, op):
+        async def settle():
+            while True:
+                outcome, _ = await self._settle(op, 60.0)
+                if outcome != UNKNOWN:
+                    return
+                await asyncio.sleep(1.0)     # no quorum in sight: look again shortly
+        task = asyncio.ensure_future(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def change_membership(self, kind, addr, timeout=30.0):
+        """Add or remove one Raft member; PySyncObj allows one change at a time."""
+        fut, callback = self._bridge()
+        change = self.sync.addNodeToCluster if kind == "add" else self.sync.removeNodeFromCluster
+        change(addr, callback=callback)
+        what = "addition" if kind == "add" else "removal"
+        try:
+            _, err = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise ShoutdError("the cluster did not commit the %s of %s within %gs: %s"
+                              % (what, addr, timeout, self.no_quorum_message()), UNAVAILABLE) from None
+        if err != FAIL_REASON.SUCCESS:
+            why = _REFUSED.get(err) or _UNKNOWN.get(err) or "Raft error %s" % err
+            raise ShoutdError("cannot commit the %s of %s: %s" % (what, addr, why), UNAVAILABLE)
+
+    async def register(self, op):
+        """Commit `op` (this host's registration) through the leader, then mark the state caught up."""
+        self.caught_up.clear()
+        value = await self.submit(op)
+        self.caught_up.set()
+        self._on_change()
+        return value
+
+    async def rebuild(self, members):
+        """Drop this node's cluster and start again as a member of `members` (see join.py)."""
+        self.caught_up.clear()
+        self.sync.destroy()
+        host, port = self.self_addr.rsplit(":", 1)
+        deadline = time.monotonic() + 15
+        while not port_is_free(host, int(port)):
+            if time.monotonic() > deadline:
+                raise ShoutdError("the Raft port %s stayed busy after leaving the old cluster" % self.self_addr)
+            await asyncio.sleep(0.1)
+        journal.remove_files(*self._files)
+        self._build(members)
+        self.loop.call_soon(self._status_moved)
+
+    def _ensure_attached(self):
+        """The daemon attaches once; a bare node (tests, the benchmark) attaches to the running loop."""
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            self.attach(loop, self._on_change)
+
+    def destroy(self):
+        for task in list(self._settling):
+            task.cancel()
+        self.sync.destroy()
+
+
+def check_port_free(host, port):
+    """Fail early and clearly: PySyncObj would retry a busy port forever."""
+    if not port_is_free(host, port):
+        raise ShoutdError("cannot listen for Raft on %s:%d: it is in use or not an address of this host; set "
+                          "raft_port in shoutd.conf or advertise an address of this host" % (host, port))
+
+
+def port_is_free(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
