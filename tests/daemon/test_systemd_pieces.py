@@ -1,28 +1,11 @@
 """systemd integration without a boot: socket activation, sd_notify, the plugin socket's mode."""
 
-import json
 import os
 import socket
 import stat
 import time
 
-
-def plugin_call(path, method, body=b"", timeout=30):
-    """One HTTP POST over the unix socket, as Docker's plugin client sends it."""
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
-    s.connect(path)
-    s.sendall(b"POST /%s HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\n"
-              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (method.encode(), len(body), body))
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    head, _, payload = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(payload)
+from ..hostlab import plugin_call
 
 
 def test_socket_activation_first_call_starts_the_daemon(world):
