@@ -11,7 +11,10 @@
 4. Resident memory and idle CPU of each shoutd daemon.
 5. (--parts commit, no lab) Raft commit latency of three RaftNodes on
    loopback, proposed on the leader and on a follower: what every IPAM and
-   endpoint call waits for.
+   endpoint call waits for; with the journal fsynced before each
+   acknowledgement (journal_sync, the default) and without.
+6. (--parts failover, no Docker) kill -9 of the leader of three daemons,
+   20 times: time until a write succeeds again.
 
 Not a test: nothing here asserts a time.  Needs root and the packages of
 .ci/setup.
@@ -20,12 +23,16 @@ Not a test: nothing here asserts a time.  Needs root and the packages of
 import argparse
 import os
 import re
+import shutil
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
 from lab import IMAGE, Lab, wait_for  # noqa: E402
+from support import free_ports  # noqa: E402
 
 RATE = re.compile(r"([\d.]+) Mbits/sec")
 LOSS = re.compile(r"(\d+)/\s*(\d+) \(")
@@ -109,23 +116,30 @@ def docker_run(lab, rounds):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def commit_latency(count=200):
-    """Median and 90th percentile of submit() on a 3-node cluster, in ms."""
+def commit_latency(count=200, durable=True):
+    """Median and 90th percentile of submit() on a 3-node cluster with file journals, in ms.
+
+    `durable` fsyncs the journal before anything is acknowledged (journal_sync,
+    the default); without it a power loss may lose acknowledged entries.
+    """
     import asyncio
     import secrets
+    import tempfile
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from shoutd.raft import RaftNode
-    from unit.test_raft import free_ports
 
     addrs = ["127.0.0.1:%d" % p for p in free_ports(3)]
     secret = secrets.token_hex(16)
-    nodes = [RaftNode(a, addrs, secret) for a in addrs]
+    tmp = tempfile.mkdtemp(prefix="shoutd-bench-", dir="/var/tmp")
+    nodes = [RaftNode(a, addrs, secret, journal_file=os.path.join(tmp, "j%d" % i),
+                      dump_file=os.path.join(tmp, "d%d" % i), durable=durable) for i, a in enumerate(addrs)]
 
     async def run():
-        while not all(n.status()["ready"] and n.status()["leader"] for n in nodes):
+        for n in nodes:
+            n.attach(asyncio.get_running_loop())
+        while not all(n.status.ready and n.status.has_quorum for n in nodes):
             await asyncio.sleep(0.05)
-        leader = next(n for n in nodes if n.status()["leader"] == n.self_addr)
+        leader = next(n for n in nodes if n.status.role == "leader")
         follower = next(n for n in nodes if n is not leader)
         out = {}
         for role, node in (("leader", leader), ("follower", follower)):
@@ -143,6 +157,53 @@ def commit_latency(count=200):
     finally:
         for n in nodes:
             n.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def failover(rounds=20):
+    """kill -9 of the leader of three daemons, `rounds` times: seconds until a write succeeds again.
+
+    Writes go to a surviving host every 20 ms from just before the kill; the
+    time is from the kill to the first write acknowledged after it.
+    """
+    import tempfile
+
+    from hostlab import World
+
+    tmp = tempfile.mkdtemp(prefix="shoutd-bench-")
+    world = World(tmp, subnet="198.23.0")
+    try:
+        secret = world.secret()
+        hosts = [world.host() for _ in range(3)]
+        for h in hosts:
+            h.bus = world.bus()
+        for h in hosts:
+            h.start(secret, peers=[o.ip for o in hosts if o is not h], wait=False)
+        for h in hosts:
+            h.wait_registered(60)
+        pool = hosts[0].plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": "10.99.0.0/16",
+                                                          "Options": {}, "V6": False})["PoolID"]
+        times = []
+        for _ in range(rounds):
+            leader_addr = wait_for(lambda: (lambda st: st["Leader"] if st["Quorum"] else None)(hosts[0].bus.status()
+                                   if hosts[0].running() else hosts[1].bus.status()), timeout=30)
+            leader = next(h for h in hosts if h.member == leader_addr)
+            other = next(h for h in hosts if h is not leader)
+            killed = time.monotonic()
+            leader.kill()
+            while True:
+                try:
+                    other.plugin("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}},
+                                 timeout=30)
+                    break
+                except Exception:          # noqa: BLE001 - refused while the election runs
+                    time.sleep(0.02)
+            times.append(time.monotonic() - killed)
+            leader.start(secret, peers=[o.ip for o in hosts if o is not leader])
+        return times
+    finally:
+        world.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def idle_cpu(lab, seconds=10):
@@ -170,12 +231,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5)
-    p.add_argument("--parts", default="tcp,multicast,run,commit",
-                   help="comma-separated: tcp, multicast, run, commit")
+    p.add_argument("--parts", default="tcp,multicast,run,commit,failover",
+                   help="comma-separated: tcp, multicast, run, commit, failover")
     args = p.parse_args()
     parts = set(args.parts.split(","))
-    figures = {"commit": commit_latency() if "commit" in parts else None}
-    if parts - {"commit"}:
+    figures = {}
+    if "commit" in parts:
+        figures["commit"] = {"fsync": commit_latency(durable=True), "no fsync": commit_latency(durable=False)}
+    if "failover" in parts:
+        figures["failover"] = failover()
+    if parts - {"commit", "failover"}:
         figures.update(in_the_lab(args, parts))
     report(args, **figures)
 
@@ -202,7 +267,7 @@ def in_the_lab(args, parts):
     return out
 
 
-def report(args, med=None, raw=None, mc=None, run=None, mem=None, idle=None, commit=None):
+def report(args, med=None, raw=None, mc=None, run=None, mem=None, idle=None, commit=None, failover=None):
     print("\n== shoutd benchmark (%d rounds of %d s, alternating) ==" % (args.rounds, args.seconds))
     if raw:
         for k, v in raw.items():
@@ -218,8 +283,12 @@ def report(args, med=None, raw=None, mc=None, run=None, mem=None, idle=None, com
         print("shoutd resident memory: " + ", ".join("%s %.1f MiB" % kv for kv in sorted(mem.items())))
     if idle:
         print("shoutd idle CPU (% of a core): " + ", ".join("%s %.1f" % kv for kv in sorted(idle.items())))
-    for role, (median, p90) in (commit or {}).items():
-        print("Raft commit proposed on the %-8s: median %.1f ms, p90 %.1f ms" % (role, median, p90))
+    for sync, roles in (commit or {}).items():
+        for role, (median, p90) in roles.items():
+            print("Raft commit (%s) proposed on the %-8s: median %.1f ms, p90 %.1f ms" % (sync, role, median, p90))
+    if failover:
+        print("failover after kill -9 of the leader, %d times: median %.2f s, max %.2f s (all: %s)"
+              % (len(failover), statistics.median(failover), max(failover), ", ".join("%.2f" % t for t in failover)))
 
 
 if __name__ == "__main__":
