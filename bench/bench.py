@@ -137,7 +137,7 @@ def commit_latency(count=200, durable=True):
     async def run():
         for n in nodes:
             n.attach(asyncio.get_running_loop())
-        while not all(n.status.ready and n.status.has_quorum for n in nodes):
+        while not all(n.status.replayed and n.status.has_quorum for n in nodes):
             await asyncio.sleep(0.05)
         leader = next(n for n in nodes if n.status.role == "leader")
         follower = next(n for n in nodes if n is not leader)

@@ -114,3 +114,35 @@ def _short(value):
     """The offending value for a message: quoted, and cut short if long."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def identity(value):
+    """What Docker knows of a network besides its name and subnet: copied to every host's engine."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        _fail("a network's identity must be an object")
+    out = {}
+    for flag in ("internal", "attachable"):
+        if not isinstance(value.get(flag, False), bool):
+            _fail("%s must be true or false" % flag)
+        out[flag] = value.get(flag, False)
+    out["labels"] = options(value.get("labels"), "labels")
+    out["options"] = options(value.get("options"), "driver options")
+    out["ipam_options"] = options(value.get("ipam_options"), "IPAM options")
+    return out
+
+
+def member_address(value, default_port, what="member address"):
+    """'ip' or 'ip:port' -> 'ip:port': a host's Raft address (config, D-Bus, shoutdctl)."""
+    text = str(value).strip()
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", str(default_port))
+    try:
+        ip = ipaddress.IPv4Address(host)
+        port = int(port)
+        if not 0 < port < 65536 or ip.is_unspecified or ip.is_multicast:
+            raise ValueError
+    except ValueError:
+        raise ShoutdError("%s %s is not a host address; give an IPv4 address, optionally with :port (default "
+                          "port %d)" % (what, _short(text), default_port), INVALID, "InvalidAddress") from None
+    return "%s:%d" % (ip, port)

@@ -7,12 +7,14 @@ the setting and its source, so nothing deeper ever sees a bad value.
 
 import argparse
 import configparser
+import copy
 import ipaddress
 import os
 import secrets
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from . import checks
 from .errors import ShoutdError
 
 DEFAULT_CONFIG = "/etc/shoutd/shoutd.conf"
@@ -80,20 +82,12 @@ SETTINGS = [
 ]
 
 
-@dataclass
 class Config:
-    advertise_address: str = ""
-    peers: list = field(default_factory=list)
-    raft_port: int = 7380
-    vxlan_port: int = 4789
-    plugin_socket: str = ""
-    docker_socket: str = ""
-    state_dir: str = ""
-    secret_file: str = ""
-    default_pool: str = ""
-    default_subnet_size: int = 24
-    journal_sync: bool = True
-    log_level: str = "info"
+    """The settings, each one defaulting as SETTINGS says (the one place defaults are written)."""
+
+    def __init__(self, **values):
+        for s in SETTINGS:
+            setattr(self, s.key, values[s.key] if s.key in values else copy.copy(s.default))
 
     @property
     def default_pool_prefix(self):
@@ -111,12 +105,10 @@ class Config:
     def peer_addresses(self):
         out = []
         for peer in self.peers:
-            host, _, port = peer.rpartition(":") if ":" in peer else (peer, "", "")
             try:
-                out.append("%s:%d" % (_ipv4(host), _port(port) if port else self.raft_port))
-            except ValueError as e:
-                raise ShoutdError("peer %r is not an IPv4 address or address:port (%s); fix "
-                                  "peers in shoutd.conf or --peers" % (peer, e)) from None
+                out.append(checks.member_address(peer, self.raft_port, "peer"))
+            except ShoutdError as e:
+                raise ShoutdError("%s; fix peers in shoutd.conf or --peers" % e) from None
         return sorted(set(out))
 
 

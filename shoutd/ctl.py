@@ -23,7 +23,11 @@ import sys
 from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
 
+from . import checks
 from .dbus_api import BUS_NAME, ERROR, INTERFACE, OBJECT_PATH
+from .errors import ShoutdError
+
+DEFAULT_RAFT_PORT = 7380
 
 OK, REFUSED, USAGE, NOT_RUNNING, DENIED, NO_QUORUM = 0, 1, 2, 3, 4, 5
 
@@ -125,11 +129,14 @@ def start(args):
     """The seed's convenience: write the config, then enable and start the service."""
     try:
         advertise = str(ipaddress.IPv4Address(args.advertise_address))
-        peers = [p.strip() for p in (args.peer_addresses or "").split(",") if p.strip()]
-        for p in peers:
-            ipaddress.IPv4Address(p.rsplit(":", 1)[0])
     except ValueError as e:
-        raise Failure("bad address: %s" % e, USAGE) from None
+        raise Failure("bad address to advertise: %s" % e, USAGE) from None
+    peers = [p.strip() for p in (args.peer_addresses or "").split(",") if p.strip()]
+    for p in peers:
+        try:
+            checks.member_address(p, DEFAULT_RAFT_PORT, "peer")
+        except ShoutdError as e:
+            raise Failure(str(e), USAGE) from None
     cp = configparser.ConfigParser(interpolation=None)
     if os.path.exists(args.config):
         cp.read(args.config)

@@ -25,7 +25,7 @@ from .dataplane.worker import Worker
 from .docker.engine import Engine
 from .docker.mirror import Mirror
 from .docker.plugin import make_app
-from .errors import ShoutdError
+from .errors import UNAVAILABLE, ShoutdError
 from .notify import Notifier
 from .raft import JOIN, JoinRequests, MemberFile, RaftNode, check_port_free, check_pysyncobj
 from .service import Service
@@ -61,7 +61,7 @@ def find_underlay(worker, cfg, notifier, wait=60.0):
         if time.monotonic() > deadline:
             raise ShoutdError(problem)
         notifier.waiting("waiting for the network: " + problem.split(";")[0])
-        time.sleep(1.0)
+        time.sleep(1.0)  # at boot the network may still be coming up: look again
     cfg.advertise_address = address
     index, name, mtu = found
     underlay = Underlay(cfg.advertise_address, cfg.vxlan_port, index, mtu)
@@ -109,21 +109,20 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self.exit_code = 0
-        self.reconciler = Reconciler(worker, self.node, underlay, self.current_state)
-        self.engine = Engine(cfg.docker_socket)
-        self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, self.current_state)
-        self.service = Service(raft, self.reconciler, self.node, cfg,
-                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5))
-        self.dbus = None
-        self._change_pending = False
-        self._followers_current = False
         if joins is not None:
             joins.on_join = lambda members: asyncio.ensure_future(self.join(members))
         raft.attach(self.loop, self.changed)
-
-    def current_state(self):
-        """The state, once this process knows it is current (see RaftNode.caught_up); else None."""
-        return self.raft.state if self.raft.caught_up.is_set() else None
+        # The reconciler and the mirror see the control plane through the
+        # RaftNode's state and caught_up event, and nothing else of it.
+        self.reconciler = Reconciler(worker, self.node, underlay, raft)
+        self.engine = Engine(cfg.docker_socket)
+        self.service = Service(raft, self.reconciler, self.node, cfg,
+                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5))
+        self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, raft,
+                             self.service.cluster.making_replica)
+        self.dbus = None
+        self._change_pending = False
+        self._followers_current = False
 
     def changed(self):
         """A state or status change: followers are told once per loop turn, however many came."""
@@ -144,13 +143,9 @@ class Daemon:
             self.reconciler.kick()
         if parts & {MEMBERS, NETWORKS}:
             self.mirror.kick()
-        self.notifier.status(self.status())
+        self.notifier.status(status, current)
         if self.dbus is not None:
             self.dbus.refresh(parts)
-
-    def status(self):
-        """Raft's status as the notifier and D-Bus see it: "ready" means the state is current."""
-        return self.raft.status, self.raft.caught_up.is_set()
 
     async def join(self, members):
         """Another member ran AddPeer for this host: become part of its cluster."""
@@ -179,21 +174,21 @@ class Daemon:
                          self.cfg.advertise_address, self.raft.status.leader)
                 return
             except ShoutdError as e:
-                if e.kind != "unavailable":
+                if e.kind != UNAVAILABLE:
                     raise
                 log.info("waiting for the cluster: %s", e)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # no leader yet: ask again shortly
 
     async def watch_raft(self):
         """Leave (and let systemd restart us) if the Raft thread dies; see Notifier for a wedged one."""
         while not self.stopping.is_set():
             problem = self.raft.health()
-            if problem is not None and not self.raft.sync.tick_thread_alive():
-                log.error("%s; exiting so that the service is restarted", problem)
+            if problem is not None and problem.fatal:
+                log.error("%s; exiting so that the service is restarted", problem.text)
                 self.exit_code = 1
                 self.stopping.set()
                 return
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # how often the Raft thread is looked at
 
     async def run(self):
         sock, owned = plugin_socket(self.cfg)
@@ -206,7 +201,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         tasks = [asyncio.create_task(self.register()), asyncio.create_task(self.watch_raft()),
-                 asyncio.create_task(self.notifier.run(self.status, self.raft.health, self.stopping))]
+                 asyncio.create_task(self.notifier.run(self.raft, self.stopping))]
         try:
             await self.stopping.wait()
         finally:

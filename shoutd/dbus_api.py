@@ -61,9 +61,9 @@ class ShoutdInterface(ServiceInterface):
     async def checked(self, member, address):
         try:
             if member == "AddPeer":
-                await self.service.add_peer(address)
+                await self.service.membership.add_peer(address)
             else:
-                await self.service.remove_peer(address)
+                await self.service.membership.remove_peer(address)
         except Exception as e:  # noqa: BLE001 - the boundary
             raise dbus_error(e) from None
 
@@ -80,7 +80,7 @@ class ShoutdInterface(ServiceInterface):
     @method()
     def Status(self) -> "a{sv}":  # noqa: F821
         try:
-            return status_variant(self.service.status())
+            return status_variant(self.service.membership.status())
         except Exception as e:  # noqa: BLE001
             raise dbus_error(e) from None
 
@@ -88,7 +88,7 @@ class ShoutdInterface(ServiceInterface):
     def Network(self, name: "s") -> "a{sv}":  # noqa: F821
         """One network by name or id: its hosts and every address with its holder."""
         try:
-            net = self.service.network(name)
+            net = self.service.membership.network(name)
         except Exception as e:  # noqa: BLE001
             raise dbus_error(e) from None
         return {"Name": Variant("s", net["name"]), "Id": Variant("s", net["id"]),
@@ -122,7 +122,7 @@ class ShoutdInterface(ServiceInterface):
         return leader
 
     def _snapshot(self):
-        st = self.service.status()
+        st = self.service.membership.status()
         return {"leader": st["leader"], "peers": [m["address"] for m in st["members"]],
                 "networks": sorted(n["name"] or n["subnet"] for n in st["networks"])}
 

@@ -18,7 +18,7 @@ import sdnotify
 log = logging.getLogger(__name__)
 
 
-def describe(raft, current):
+def describe(raft, caught_up):
     """One line for `systemctl status`: who leads, who is connected."""
     if raft.leader is None:
         return "waiting for a Raft leader (%d members configured)" % len(raft.nodes)
@@ -26,7 +26,7 @@ def describe(raft, current):
     text = "leader %s, %d of %d members connected, term %s" % (raft.leader, connected, len(raft.nodes), raft.term)
     if not raft.has_quorum:
         text += ", no quorum"
-    elif not current:
+    elif not caught_up:
         text += ", catching up"
     return text
 
@@ -36,7 +36,7 @@ class Notifier:
         self._sd = sdnotify.SystemdNotifier()
         self._last = None
         self.serving = False      # set once the plugin socket serves: READY=1 waits for it too
-        self.ready = False
+        self.ready_sent = False
         self._unhealthy = None
 
     def _send(self, text):
@@ -57,15 +57,14 @@ class Notifier:
         if self._watchdog_period():
             self._send("WATCHDOG=1")
 
-    def status(self, status):
+    def status(self, raft, caught_up):
         """Called on every Raft change and by run(): READY=1 as soon as it is true."""
-        raft, current = status
-        text = describe(raft, current)
+        text = describe(raft, caught_up)
         if text != self._last:
             self._last = text
             self._send("STATUS=" + text)
-        if self.serving and not self.ready and current and raft.leader is not None:
-            self.ready = True
+        if self.serving and not self.ready_sent and caught_up and raft.leader is not None:
+            self.ready_sent = True
             self._send("READY=1")
             log.info("ready: %s", text)
 
@@ -74,7 +73,7 @@ class Notifier:
         problem = health()
         if problem is not None:
             if problem != self._unhealthy:
-                log.error("not feeding the watchdog: %s", problem)
+                log.error("not feeding the watchdog: %s", problem.text)
             self._unhealthy = problem
             return False
         if self._unhealthy is not None:
@@ -83,14 +82,16 @@ class Notifier:
         self._send("WATCHDOG=1")
         return True
 
-    async def run(self, status_source, health, stopping):
+    async def run(self, raft, stopping):
+        """Until `stopping`: STATUS= and READY=1 for `raft` (a RaftNode), WATCHDOG=1 while it is healthy."""
         period = self._watchdog_period()
         self.serving = True
         while not stopping.is_set():
-            self.status(status_source())
+            self.status(raft.status, raft.caught_up.is_set())
             if period:
-                self.ping(health)
-            await asyncio.sleep(min(period or 1.0, 1.0) if self.ready else 0.2)
+                self.ping(raft.health)
+            # Until READY=1, look often: it is sent as soon as it is true.
+            await asyncio.sleep(min(period or 1.0, 1.0) if self.ready_sent else 0.2)   # half the watchdog period, at most 1 s
 
     def stopping(self):
         self._send("STOPPING=1")

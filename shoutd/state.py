@@ -68,6 +68,8 @@ class Network(TypedDict):
     addresses: Dict[str, Allocation]
     next: int                       # where the address search starts (hand out in turn)
     options: Dict[str, str]         # Docker driver options (com.docker.network.generic)
+    identity: Dict[str, object]     # labels, internal, attachable, driver and IPAM options, as the
+                                    # creating host's Docker holds them (checks.identity)
     endpoints: Dict[str, str]       # index: ip -> endpoint id
 
 
@@ -111,6 +113,7 @@ def normalize(data):
         data["requests"] = collections.OrderedDict(data["requests"])
     for net in data["networks"].values():
         net.setdefault("options", {})
+        net.setdefault("identity", {})
         net["endpoints"] = {}
     for ep in data["endpoints"].values():
         ep.setdefault("req", "")
@@ -297,12 +300,18 @@ class ClusterState:
         gateway = str(subnet.network_address + 1)
         net = {"id": req, "name": None, "subnet": str(subnet), "gateway": gateway,
                "vni": self._free_vni(), "creator": node, "bindings": {},
-               "addresses": {}, "next": 0, "options": checks.options(op.get("options")), "endpoints": {}}
+               "addresses": {}, "next": 0, "options": checks.options(op.get("options")), "identity": {},
+               "endpoints": {}}
         self.networks[req] = net
         return summary(net)
 
     def _op_network_bind(self, op):
-        """NetworkDriver CreateNetwork on one host: remember that host's Docker id."""
+        """NetworkDriver CreateNetwork on one host: remember that host's Docker id.
+
+        One cluster network is one Docker network per host: a second Docker
+        network for the same subnet on the same host is refused, unless the
+        mirror is replacing a copy Docker lost (`replace`).
+        """
         net = self._network(op["network"])
         node, docker_id = op["node"], checks.docker_id(op["docker_id"], "Docker network id")
         options = checks.options(op.get("options"))
@@ -310,6 +319,10 @@ class ClusterState:
         if other is not None and other["id"] != net["id"]:
             _reject("Docker network %s on %s is already bound to shoutd network %s"
                     % (docker_id, self.member_label(node), self.network_label(other)), CONFLICT)
+        bound = net["bindings"].get(node)
+        if bound not in (None, docker_id) and not op.get("replace"):
+            _reject("subnet %s is already shoutd network %s on %s (Docker network %s); pick another --subnet"
+                    % (net["subnet"], self.network_label(net), self.member_label(node), bound[:12]), CONFLICT)
         net["bindings"][node] = docker_id
         net["options"].update(options)
         return summary(net)
@@ -317,7 +330,10 @@ class ClusterState:
     def _op_network_name(self, op):
         net = self._network(op["network"])
         name = checks.network_name(op["name"])
+        identity = checks.identity(op.get("identity"))
         if net["name"] == name:
+            if identity and not net["identity"]:
+                net["identity"] = identity
             return summary(net)
         if net["name"] is not None:
             _reject("shoutd network %s is already named %s" % (net["id"], net["name"]), CONFLICT)
@@ -326,6 +342,7 @@ class ClusterState:
             _reject("a shoutd network named %s already exists (subnet %s); pick another name"
                     % (name, other["subnet"]), CONFLICT)
         net["name"] = name
+        net["identity"] = identity
         return summary(net)
 
     def _op_network_gateway(self, op):

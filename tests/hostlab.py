@@ -17,10 +17,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 
-from .support import sh
+from .support import busctl_json, sh, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICY_DIR = os.path.join(ROOT, "dbus")
@@ -53,6 +52,11 @@ SYSTEM_LIKE = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
 """
 
 
+def as_user(uid, cmd):
+    """`cmd` run as `uid` (no groups), or as is when uid is None."""
+    return ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups"] + cmd if uid else cmd
+
+
 class Bus:
     def __init__(self, tmp, permissive=False):
         # Outside pytest's 0700 tmp dir, so an unprivileged caller can connect.
@@ -66,10 +70,7 @@ class Bus:
             f.write(SYSTEM_LIKE.format(path=self.path, extra=extra, include=include))
         self.proc = subprocess.Popen(["dbus-daemon", "--config-file", conf, "--nofork", "--nopidfile"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while not os.path.exists(self.path):
-            assert time.time() < deadline, "dbus-daemon did not start"
-            time.sleep(0.05)
+        wait_for(lambda: os.path.exists(self.path), timeout=10, interval=0.05, what="dbus-daemon's socket")
         os.chmod(self.path, 0o777)
         self.address = "unix:path=" + self.path
 
@@ -77,25 +78,18 @@ class Bus:
         return dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.address, PYTHONPATH=ROOT)
 
     def busctl(self, *args, user=None, check=True):
-        cmd = ["busctl", "--address=" + self.address] + list(args)
-        if user:
-            cmd = ["setpriv", "--reuid", str(user), "--regid", str(user), "--clear-groups"] + cmd
-        return sh(cmd, check=check)
+        return sh(as_user(user, ["busctl", "--address=" + self.address] + list(args)), check=check)
 
     def ctl(self, *args, user=None):
-        cmd = [sys.executable, "-m", "shoutd.ctl"] + list(args)
-        if user:
-            cmd = ["setpriv", "--reuid", str(user), "--regid", str(user), "--clear-groups"] + cmd
-        return sh(cmd, check=False, env=self.env(), cwd=ROOT)
+        return sh(as_user(user, [sys.executable, "-m", "shoutd.ctl"] + list(args)), check=False, env=self.env(),
+                  cwd=ROOT)
 
     def status(self):
         """Status() as a dict, through busctl's JSON output."""
-        out = self.busctl("--json=short", *BUS_CALL, "Status").stdout
-        return {k: v["data"] for k, v in json.loads(out)["data"][0].items()}
+        return busctl_json(self.busctl("--json=short", *BUS_CALL, "Status").stdout)
 
     def network(self, name):
-        out = self.busctl("--json=short", *BUS_CALL, "Network", "s", name).stdout
-        return {k: v["data"] for k, v in json.loads(out)["data"][0].items()}
+        return busctl_json(self.busctl("--json=short", *BUS_CALL, "Network", "s", name).stdout)
 
     def stop(self):
         self.proc.terminate()
@@ -110,14 +104,25 @@ class PluginError(Exception):
         self.message = message
 
 
+class NotSent(OSError):
+    """The plugin socket did not accept the connection: the request never reached shoutd."""
+
+
 def plugin_call(path, method, body=b"", timeout=30):
-    """One HTTP POST over the unix socket, as Docker's plugin client sends it: (status, reply)."""
+    """One HTTP POST over the unix socket, as Docker's plugin client sends it: (status, reply).
+
+    Raises NotSent if the request never got out, any other OSError (or a
+    ValueError for a reply that is not HTTP) if it did and no answer came.
+    """
     if not isinstance(body, bytes):
         body = json.dumps(body).encode()
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(timeout)
     try:
-        s.connect(path)
+        try:
+            s.connect(path)
+        except OSError as e:
+            raise NotSent(e.errno, "not sent: %s" % e) from None
         s.sendall(b"POST /%s HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\n"
                   b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (method.encode(), len(body), body))
         data = b""
@@ -129,7 +134,10 @@ def plugin_call(path, method, body=b"", timeout=30):
     finally:
         s.close()
     head, _, payload = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(payload)
+    try:
+        return int(head.split()[1]), json.loads(payload)
+    except (IndexError, ValueError):
+        raise ValueError("no plugin reply in %r" % data[:200]) from None
 
 
 class Host:
@@ -180,14 +188,17 @@ class Host:
         return self.wait_log("registered;", times=self.starts, timeout=timeout)
 
     def wait_log(self, text, timeout=30, times=1):
-        deadline = time.time() + timeout
-        while True:
-            content = self.read_log()
-            if content.count(text) >= times:
-                return content
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise AssertionError("no %r in the log of %s:\n%s" % (text, self.name, content[-3000:]))
-            time.sleep(0.1)
+        def seen():
+            if self.proc.poll() is not None:
+                raise AssertionError("shoutd on %s exited before %r:\n%s" % (self.name, text, self.read_log()[-3000:]))
+            return self.read_log().count(text) >= times
+        try:
+            wait_for(seen, timeout=timeout, interval=0.1)
+        except AssertionError as e:
+            if "exited" in str(e):
+                raise
+            raise AssertionError("no %r in the log of %s:\n%s" % (text, self.name, self.read_log()[-3000:])) from None
+        return self.read_log()
 
     def read_log(self):
         with open(self.log, errors="replace") as f:
@@ -233,6 +244,15 @@ class Host:
     def rss_kib(self):
         with open("/proc/%d/status" % self.proc.pid) as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def attach_logs(report, hosts, keep=None):
+    """Add each host's shoutd log to a failed test's report (a rare race leaves nothing else to go on)."""
+    for h in hosts:
+        report.sections.append(("shoutd log of " + h.name, h.read_log()[-8000:]))
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(h.log, os.path.join(keep, "%s-%s.log" % (report.nodeid.split("::")[-1], h.name)))
 
 
 class World:

@@ -17,20 +17,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
+
+from support import iperf_listening, iperf_summary, sh, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "shoutd-lab"
 IMAGE_CACHE = "/var/tmp/shoutd-lab-image-2.tar"     # bump when the image's contents change
 TOOLS = ["iperf", "arping", "tcpdump"]
-
-
-def sh(cmd, check=True, timeout=120, **kw):
-    res = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True,
-                         timeout=timeout, **kw)
-    if check and res.returncode != 0:
-        raise RuntimeError("%s failed (%d): %s%s" % (cmd, res.returncode, res.stdout, res.stderr))
-    return res
 
 
 def docker_binary():
@@ -120,14 +113,11 @@ class Host:
         self.dockerd = subprocess.Popen(
             ["nsenter", "--net=/run/netns/" + self.name, "unshare", "-m", "--propagation", "private",
              "sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.docker("version", check=False).returncode == 0:
-                return
+        def answers():
             if self.dockerd.poll() is not None:
-                break
-            time.sleep(0.3)
-        raise RuntimeError("dockerd on %s did not start; see %s/dockerd.log" % (self.name, self.dir))
+                raise RuntimeError("dockerd on %s exited; see %s/dockerd.log" % (self.name, self.dir))
+            return self.docker("version", check=False).returncode == 0
+        wait_for(answers, timeout=60, interval=0.3, what="dockerd on %s; see %s/dockerd.log" % (self.name, self.dir))
 
     def stop_dockerd(self):
         pid = self.dockerd.pid if self.dockerd is not None else None
@@ -136,12 +126,18 @@ class Host:
             pid = int(open(pidfile).read().strip() or 0) or None
         if pid is None:
             return
+        def gone():
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    return "zombie" in f.read()
+            except FileNotFoundError:
+                return True
         try:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.time() + 30
-            while time.time() < deadline and os.path.exists("/proc/%d" % pid) and \
-                    "zombie" not in open("/proc/%d/status" % pid).read():
-                time.sleep(0.2)
+            try:
+                wait_for(gone, timeout=30, what="dockerd to stop")
+            except AssertionError:
+                pass                        # then it is killed
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, FileNotFoundError):
             pass
@@ -242,14 +238,15 @@ class Lab:
 
     def wait_ready(self, timeout=60):
         """Until every host's shoutd has registered itself with the cluster leader."""
-        deadline = time.time() + timeout
         for h in self.hosts:
-            while not h.registered():
+            def registered(h=h):
                 if h.shoutd is not None and h.shoutd.poll() is not None:
                     raise RuntimeError("shoutd on %s exited; log:\n%s" % (h.name, h.log_tail()))
-                if time.time() > deadline:
-                    raise RuntimeError("shoutd on %s not ready; log:\n%s" % (h.name, h.log_tail()))
-                time.sleep(0.3)
+                return h.registered()
+            try:
+                wait_for(registered, timeout=timeout, interval=0.3, what="shoutd on " + h.name)
+            except AssertionError as e:
+                raise RuntimeError("%s; log:\n%s" % (e, h.log_tail())) from None
 
     def down_network(self):
         for n in range(1, 10):
@@ -294,27 +291,21 @@ def demo():
         print("network 'demo' created on host 1; waiting for it on hosts 2 and 3 ...")
         for h in (h2, h3):
             wait_for(lambda h=h: "demo" in h.docker("network", "ls").stdout)
-        for h, name in ((h2, "rx2"), (h3, "rx3")):
+        receivers = ((h2, "rx2"), (h3, "rx3"))
+        for h, name in receivers:
             h.run(name, "demo", "iperf", "-u", "-s", "-B", "224.1.1.1", "-p", "5000", "-i", "1")
-        time.sleep(1)
+        for h, name in receivers:
+            wait_for(lambda h=h, name=name: iperf_listening(h.docker("logs", name).stdout), what="receiver " + name)
         h1.run("tx", "demo", "sleep", "3600")
         print(h1.exec("tx", "iperf", "-u", "-c", "224.1.1.1", "-p", "5000", "-T", "2", "-t", "8",
                       "-i", "1").stdout)
-        time.sleep(2)
-        for h, name in ((h2, "rx2"), (h3, "rx3")):
+        for h, name in receivers:
+            wait_for(lambda h=h, name=name: iperf_summary(h.docker("logs", name).stdout, 8), what="report " + name)
+        for h, name in receivers:
             print("--- receiver %s on host %d ---" % (name, h.n))
             print(h.docker("logs", name).stdout)
     finally:
         lab.down()
-
-
-def wait_for(pred, timeout=30, interval=0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    raise AssertionError("timed out waiting for %s" % getattr(pred, "__name__", pred))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ no test synchronises on a fixed sleep.
 """
 
 import asyncio
+import json
+import re
 import socket
 import subprocess
 import time
@@ -18,6 +20,10 @@ def sh(cmd, check=True, timeout=120, **kw):
     return res
 
 
+def _timed_out(pred, timeout, what):
+    return AssertionError("timed out after %gs waiting for %s" % (timeout, what or getattr(pred, "__name__", pred)))
+
+
 def wait_for(pred, timeout=30.0, interval=0.2, what=None):
     """Poll `pred` until it returns something true; return that, or fail naming `what`."""
     deadline = time.monotonic() + timeout
@@ -26,9 +32,8 @@ def wait_for(pred, timeout=30.0, interval=0.2, what=None):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("timed out after %gs waiting for %s"
-                                 % (timeout, what or getattr(pred, "__name__", pred)))
-        time.sleep(interval)
+            raise _timed_out(pred, timeout, what)
+        time.sleep(interval)                 # the poll interval
 
 
 async def until(pred, timeout=15.0, interval=0.05, what=None):
@@ -39,9 +44,8 @@ async def until(pred, timeout=15.0, interval=0.05, what=None):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("timed out after %gs waiting for %s"
-                                 % (timeout, what or getattr(pred, "__name__", pred)))
-        await asyncio.sleep(interval)
+            raise _timed_out(pred, timeout, what)
+        await asyncio.sleep(interval)        # the poll interval
 
 
 def free_ports(n, host="127.0.0.1"):
@@ -60,3 +64,33 @@ def docker_id(name):
     """A Docker-style id (64 hex digits) standing for `name`, stable across calls."""
     import hashlib
     return hashlib.sha256(name.encode()).hexdigest()
+
+
+_LOSS = re.compile(r"(\d+)/\s*(\d+) \(")
+
+
+def iperf_loss(report):
+    """(lost, total) from an iperf UDP server's output: its largest report (the final one)."""
+    reports = [(int(a), int(b)) for a, b in _LOSS.findall(report)]
+    assert reports, "no iperf report in:\n" + report[-2000:]
+    return max(reports, key=lambda r: r[1])
+
+
+def busctl_json(out):
+    """busctl --json=short's answer to a call returning a{sv}, as a plain dict."""
+    return {k: v["data"] for k, v in json.loads(out)["data"][0].items()}
+
+
+_SUMMARY = re.compile(r"\s0\.0+\s*-\s*([\d.]+) sec.*?(\d+)/\s*(\d+) \(")
+
+
+def iperf_summary(report, seconds):
+    """(lost, total) of an iperf UDP server's closing summary of a `seconds`-long stream, or None yet."""
+    for end, lost, total in _SUMMARY.findall(report):
+        if float(end) >= 0.9 * seconds:
+            return int(lost), int(total)
+    return None
+
+
+def iperf_listening(report):
+    return "listening" in report

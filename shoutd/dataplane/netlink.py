@@ -31,6 +31,11 @@ class NetlinkFailure(ShoutdError):
         self.code = code
 
 
+_VXLAN_ATTR_NAMES = {"IFLA_VXLAN_ID": "the VNI", "IFLA_VXLAN_LOCAL": "the local address",
+                     "IFLA_VXLAN_PORT": "the UDP port", "IFLA_VXLAN_LINK": "the underlay interface",
+                     "IFLA_VXLAN_LEARNING": "learning"}
+
+
 def _info(link):
     linkinfo = link.get_attr("IFLA_LINKINFO")
     if linkinfo is None:
@@ -125,9 +130,14 @@ class Netlink:
                 "IFLA_VXLAN_LINK": underlay_index, "IFLA_VXLAN_LEARNING": 0}
         if link is not None:
             kind, data = _info(link)
-            if kind != "vxlan" or any(data.get_attr(k) != v for k, v in want.items()):
-                log.info("replacing %s: its VXLAN settings differ from VNI %d local %s port %d",
-                         name, vni, local, port)
+            if kind != "vxlan":
+                differs = ["it is a %s device" % kind]
+            else:
+                differs = ["%s is %s, not %s" % (_VXLAN_ATTR_NAMES[k], data.get_attr(k), v)
+                           for k, v in want.items() if data.get_attr(k) != v]
+            if differs:
+                # A VXLAN device's identity cannot be changed in place: replace it.
+                log.info("replacing %s (%s): %s", name, alias, "; ".join(differs))
                 self.delete(name)
                 link = None
         if link is None:

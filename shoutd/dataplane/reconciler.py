@@ -1,8 +1,8 @@
 """The one reconciler: make this host's kernel match the cluster state.
 
 Handlers never program the kernel themselves.  They change the replicated
-state and then wait for a reconcile pass that started after their change
-(`await reconciler.sync()`), so Join returns only once its veth exists.
+state and then wait for a pass that started after their change
+(`await reconciler.reconcile()`), so Join returns only once its veth exists.
 A pass runs on every state change, at start-up and every `interval` seconds
 (to repair what someone deleted by hand); passes coalesce, and each one is
 idempotent: it creates what is missing, fixes what differs, removes shoutd
@@ -15,18 +15,22 @@ after a failure, and the periodic one check every object in the kernel.
 
 Ordering keeps half-built objects out of the traffic path: a VXLAN device is
 enslaved and given its FDB before it is set up; a network's devices are
-removed only after its veths.  Nothing is removed until Raft has caught up
-(`state_source` returns None before that), so a restarting daemon never
-mistakes an empty, not-yet-replayed state for "delete everything".
+removed only after its veths.  No pass runs before the control plane has
+caught up (see kickloop.py), so a restarting daemon never mistakes an empty,
+not-yet-replayed state for "delete everything".
+
+The reconciler sees the control plane through one narrow interface, `view`:
+its `state` (read-only) and its `caught_up` event.
 """
 
 import asyncio
 import logging
 import time
+from collections import namedtuple
 from dataclasses import dataclass
 
-from ..errors import ShoutdError
-from ..follower import Follower
+from ..errors import INTERNAL, ShoutdError
+from ..kickloop import KickLoop
 from . import firewall
 from .desired import BRIDGE_PREFIX, HOST_VETH_PREFIX, OWNED, PEER_VETH_PREFIX, VXLAN_OVERHEAD, VXLAN_PREFIX, desired
 
@@ -45,7 +49,10 @@ class Underlay:
         return self.mtu - VXLAN_OVERHEAD
 
 
-def apply(nl, networks, endpoints, underlay, previous=None):
+Waiter = namedtuple("Waiter", "generation future")   # a reconcile() call, served by a pass from `generation`
+
+
+def program(nl, networks, endpoints, underlay, previous=None):
     """Make the kernel match; runs on the netlink worker thread.
 
     With `previous`, the plan the kernel was last brought to, only what
@@ -93,13 +100,13 @@ def apply(nl, networks, endpoints, underlay, previous=None):
         firewall.ensure_forward_accept()
 
 
-class Reconciler(Follower):
-    def __init__(self, worker, node, underlay, state_source, interval=30.0):
-        super().__init__(interval)
+class Reconciler(KickLoop):
+    def __init__(self, worker, node, underlay, view, interval=30.0):
+        super().__init__(interval, view.caught_up)
         self.worker = worker
         self.node = node
         self.underlay = underlay
-        self.state_source = state_source
+        self.view = view
         self._wanted = 0
         self._waiters = []
         self._applied = None      # the plan the last pass applied without error
@@ -109,48 +116,45 @@ class Reconciler(Follower):
         self.kick()
 
     def kick(self, delay=0.0):
-        """Ask for a pass; returns its number, for sync()."""
+        """Ask for a pass; returns its number, for reconcile()."""
         self._wanted += 1
         super().kick(delay)
         return self._wanted
 
-    async def sync(self, timeout=30.0):
-        """Kick and wait for a pass that started after now; raise its error."""
-        gen = self.kick()
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((gen, fut))
-        await asyncio.wait_for(fut, timeout)
+    async def reconcile(self, timeout=30.0):
+        """Ask for a pass and wait for one that started after now; raise its error."""
+        waiter = Waiter(self.kick(), asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        await asyncio.wait_for(waiter.future, timeout)
 
     async def step(self, periodic=False):
-        gen = self._wanted          # every kick so far is served by this pass
+        generation = self._wanted          # every kick so far is served by this pass
         error = await self._pass(full=periodic)
-        for waiter in [w for w in self._waiters if w[0] <= gen]:
+        for waiter in [w for w in self._waiters if w.generation <= generation]:
             self._waiters.remove(waiter)
-            if not waiter[1].done():
+            if not waiter.future.done():
                 if error is None:
-                    waiter[1].set_result(None)
+                    waiter.future.set_result(None)
                 else:
-                    waiter[1].set_exception(error)
+                    waiter.future.set_exception(error)
 
     async def _pass(self, full):
-        state = self.state_source()
-        if state is None:
-            return ShoutdError("the cluster state is not replicated to this host yet", "unavailable")
-        plan = desired(state, self.node)
+        plan = desired(self.view.state, self.node)
         previous = None if full else self._applied
         if plan == previous:
             return None
         self._applied = None        # until this pass succeeds, the next one checks everything
         started = time.monotonic()
         try:
-            await self.worker.run(apply, *plan, self.underlay, previous)
+            await self.worker.run(program, *plan, self.underlay, previous)
         except ShoutdError as e:
             log.error("reconcile failed: %s", e)
             return e
         except Exception as e:  # noqa: BLE001 - the loop must survive a bug
             log.exception("bug: reconcile failed")
-            return ShoutdError("internal error while programming the kernel: %s" % e, "internal")
+            return ShoutdError("internal error while programming the kernel: %s" % e, INTERNAL)
         self._applied = plan
-        log.debug("reconciled %d networks, %d local endpoints in %.1f ms (%s)", len(plan[0]), len(plan[1]),
+        networks, endpoints = plan
+        log.debug("reconciled %d networks, %d local endpoints in %.1f ms (%s)", len(networks), len(endpoints),
                   (time.monotonic() - started) * 1000, "changes only" if previous else "full check")
         return None

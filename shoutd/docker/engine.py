@@ -1,6 +1,6 @@
 """A minimal client for the local Docker engine API (networks only).
 
-shoutd needs four calls of Docker's API to mirror cluster networks into the
+shoutd needs five calls of Docker's API to mirror cluster networks into the
 local engine; a full SDK would be a heavy dependency for that, and aiohttp
 already speaks HTTP over unix sockets.
 """
@@ -42,9 +42,15 @@ class Engine:
         filters = json.dumps({"driver": [driver]})
         return await self._request("GET", "/networks", params={"filters": filters}) or []
 
-    async def create_network(self, name, driver, subnet, gateway, ipam_options, options):
-        body = {"Name": name, "Driver": driver, "CheckDuplicate": True, "Options": options,
-                "IPAM": {"Driver": driver, "Options": ipam_options,
+    async def inspect_network(self, network_id):
+        return await self._request("GET", "/networks/" + network_id) or {}
+
+    async def create_network(self, name, driver, subnet, gateway, identity):
+        """Create `name` as the creating host's engine holds it (`identity`: see checks.identity)."""
+        body = {"Name": name, "Driver": driver, "CheckDuplicate": True,
+                "Options": identity.get("options", {}), "Labels": identity.get("labels", {}),
+                "Internal": identity.get("internal", False), "Attachable": identity.get("attachable", False),
+                "IPAM": {"Driver": driver, "Options": identity.get("ipam_options", {}),
                          "Config": [{"Subnet": subnet, "Gateway": gateway}]}}
         return await self._request("POST", "/networks/create", body)
 

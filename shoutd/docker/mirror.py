@@ -5,14 +5,20 @@ driver's networks exist only in the engine where they were created.  So, like
 the kernel reconciler but for Docker's own view, this loop compares the
 engine's shoutd networks with the cluster's:
 - a network created here but not yet named in the cluster gets its name
-  recorded (this is how `docker network create` on one host reaches the rest);
+  recorded, with its identity as this engine holds it: labels, --internal,
+  --attachable, driver and IPAM options (this is how `docker network create`
+  or Compose on one host reaches the rest);
 - a named cluster network this engine lacks is created here through the
-  engine API, tagged so our IPAM hands back the cluster's pool (this also
-  restores a network removed here while containers elsewhere still use it);
+  engine API with that same identity, so Compose on every host finds the
+  network it expects (Compose v2 checks its labels, v1 its options); our IPAM
+  hands back the cluster's pool because the service is told which copy is
+  being made (Service.making_replica).  This also restores a network removed
+  here while containers elsewhere still use it;
 - a local shoutd network the cluster no longer has (removed on another host)
   is removed here.
-It runs on every state change, after each CreateNetwork and periodically, and
-only once Raft has caught up, so an unreplayed state never deletes anything.
+It runs on every change to the cluster's networks, after each CreateNetwork
+and periodically, and only once the control plane has caught up (kickloop.py),
+so an unreplayed state never deletes anything.
 
 Docker drops a network from its list as soon as `docker network rm` starts,
 before it calls our DeleteNetwork, which then settles the cluster's view
@@ -25,8 +31,9 @@ without telling us) makes the copy again.
 import logging
 import time
 
+from .. import checks
 from ..errors import ShoutdError
-from ..follower import Follower
+from ..kickloop import KickLoop
 from ..service import NETWORK_OPTION
 
 log = logging.getLogger(__name__)
@@ -34,21 +41,22 @@ log = logging.getLogger(__name__)
 STALE_BINDING = 30.0    # seconds; well beyond a DeleteNetwork's commit timeout
 
 
-class Mirror(Follower):
-    def __init__(self, engine, driver, node, submit, state_source, interval=10.0, clock=time.monotonic):
-        super().__init__(interval)
+class Mirror(KickLoop):
+    def __init__(self, engine, driver, node, submit, view, making_replica, interval=10.0, clock=time.monotonic):
+        super().__init__(interval, view.caught_up)
         self.engine = engine
         self.driver = driver
         self.node = node
         self.submit = submit
-        self.state_source = state_source
+        self.view = view
+        self.making_replica = making_replica
         self.clock = clock
         self._reported = set()
         self._missing = {}          # (network id, Docker id) bound here but not in Docker -> since when
 
     async def step(self, periodic):
         try:
-            await self.sync_once()
+            await self.compare_and_fix()
         except ShoutdError as e:
             self._report("docker", "cannot mirror networks into Docker: %s" % e)
 
@@ -58,12 +66,11 @@ class Mirror(Follower):
             self._reported.add(key)
             log.warning("%s", message)
 
-    async def sync_once(self):
+    async def compare_and_fix(self):
+        """One comparison of this engine's shoutd networks with the cluster's, and what follows."""
         local = await self.engine.networks(self.driver)
         self._reported.discard("docker")
-        state = self.state_source()       # read after listing: see the module note
-        if state is None:
-            return
+        state = self.view.state          # read after listing: see the module note
         local_names = {n["Name"] for n in local}
         local_ids = {n["Id"] for n in local}
         for dn in local:
@@ -91,17 +98,19 @@ class Mirror(Follower):
 
     async def _name(self, net, dn):
         try:
+            identity = identity_of(await self.engine.inspect_network(dn["Id"]))
             await self.submit({"op": "network_name", "network": net["id"], "name": dn["Name"],
-                               "node": self.node})
+                               "identity": identity, "node": self.node})
             log.info("network %s (%s, VNI %d) is now known cluster-wide", dn["Name"], net["subnet"],
                      net["vni"])
         except ShoutdError as e:
             self._report("name " + net["id"], "network %s: %s" % (dn["Name"], e))
 
     async def _create(self, net):
+        identity = dict(net["identity"]) or {"options": dict(net["options"])}
         try:
-            await self.engine.create_network(net["name"], self.driver, net["subnet"], net["gateway"],
-                                             {NETWORK_OPTION: net["id"]}, net["options"])
+            with self.making_replica(net["id"], net["subnet"]):
+                await self.engine.create_network(net["name"], self.driver, net["subnet"], net["gateway"], identity)
             self._reported.discard("create " + net["id"])
             log.info("network %s (%s, VNI %d) created in the local Docker engine", net["name"],
                      net["subnet"], net["vni"])
@@ -117,3 +126,12 @@ class Mirror(Follower):
         except ShoutdError as e:
             self._report("remove " + dn["Id"], "network %s was removed on another host but cannot be "
                          "removed here: %s" % (dn["Name"], e))
+
+
+def identity_of(info):
+    """A network's identity (checks.identity) from Docker's inspect output."""
+    ipam = info.get("IPAM") or {}
+    ipam_options = {k: v for k, v in (ipam.get("Options") or {}).items() if k != NETWORK_OPTION}
+    return checks.identity({"labels": info.get("Labels") or {}, "internal": bool(info.get("Internal")),
+                            "attachable": bool(info.get("Attachable")), "options": info.get("Options") or {},
+                            "ipam_options": ipam_options})

@@ -1,7 +1,7 @@
 """Docker's libnetwork remote API (NetworkDriver + IpamDriver) over a unix socket.
 
-A thin adapter: each route reads its fields, calls one Service method and
-shapes the reply.  All error handling lives in `_endpoint`: a bad body, a
+A thin adapter: each route reads its request (its shape is in api.py), calls
+one Service method and shapes the reply.  All error handling lives in `_endpoint`: a bad body, a
 missing field or a ShoutdError becomes a non-200 reply whose JSON carries the
 message in `Err` (read by Docker's plugin client and the NetworkDriver API)
 and `Error` (read by the IpamDriver API), never a traceback.
@@ -24,6 +24,7 @@ from aiohttp import web
 from ..errors import INTERNAL, INVALID, UNAVAILABLE, ShoutdError
 from ..service import MULTICAST
 from ..state import ADDRESS_SPACE
+from . import api
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,6 @@ SERVICE = web.AppKey("service", object) if hasattr(web, "AppKey") else "service"
 
 def _reply(body, status=200):
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
-
-
-def _field(body, name, kind=str, required=True):
-    value = body.get(name)
-    if value is None or value == "":
-        if required:
-            raise ShoutdError("request is missing %s" % name)
-        return kind()
-    if not isinstance(value, kind):
-        raise ShoutdError("%s must be a %s" % (name, "string" if kind is str else kind.__name__))
-    return value
 
 
 def _decode(raw):
@@ -77,7 +67,7 @@ def _endpoint(fn, needs_state):
             log.debug("%s %s", method, body)
             started = time.monotonic()
             if needs_state:
-                await request.app[SERVICE].until_current()
+                await request.app[SERVICE].cluster.until_caught_up()
             answer = await fn(request.app[SERVICE], body)
             # Docker waits on every call; this is where `docker run` time goes.
             log.debug("%s answered in %.1f ms", method, (time.monotonic() - started) * 1000)
@@ -101,35 +91,36 @@ async def capabilities(service, body):
 
 
 async def create_network(service, body):
-    await service.create_network(_field(body, "NetworkID"), _field(body, "IPv4Data", list, False),
-                                 _field(body, "Options", dict, False))
+    req = api.parse(api.CreateNetwork, body)
+    await service.driver.create_network(req.NetworkID, req.IPv4Data, req.Options)
     return {}
 
 
 async def delete_network(service, body):
-    await service.delete_network(_field(body, "NetworkID"))
+    await service.driver.delete_network(api.parse(api.DeleteNetwork, body).NetworkID)
     return {}
 
 
 async def create_endpoint(service, body):
-    iface = await service.create_endpoint(_field(body, "NetworkID"), _field(body, "EndpointID"),
-                                          _field(body, "Interface", dict, False))
+    req = api.parse(api.CreateEndpoint, body)
+    iface = await service.driver.create_endpoint(req.NetworkID, req.EndpointID, req.Interface)
     return {"Interface": iface} if iface else {}
 
 
 async def delete_endpoint(service, body):
-    await service.delete_endpoint(_field(body, "NetworkID"), _field(body, "EndpointID"))
+    req = api.parse(api.Endpoint, body)
+    await service.driver.delete_endpoint(req.NetworkID, req.EndpointID)
     return {}
 
 
 async def endpoint_info(service, body):
-    info = service.endpoint_info(_field(body, "NetworkID"), _field(body, "EndpointID"))
-    return {"Value": info}
+    req = api.parse(api.Endpoint, body)
+    return {"Value": service.driver.endpoint_info(req.NetworkID, req.EndpointID)}
 
 
 async def join(service, body):
-    peer = await service.join(_field(body, "NetworkID"), _field(body, "EndpointID"),
-                              _field(body, "SandboxKey", required=False))
+    req = api.parse(api.Join, body)
+    peer = await service.driver.join(req.NetworkID, req.EndpointID, req.SandboxKey)
     # No Gateway: a shoutd network is a plain L2 segment.  Docker then adds
     # docker_gwbridge for the default route, so multicast is pinned to us.
     return {"InterfaceName": {"SrcName": peer, "DstPrefix": "eth"},
@@ -137,7 +128,8 @@ async def join(service, body):
 
 
 async def leave(service, body):
-    await service.leave(_field(body, "NetworkID"), _field(body, "EndpointID"))
+    req = api.parse(api.Endpoint, body)
+    await service.driver.leave(req.NetworkID, req.EndpointID)
     return {}
 
 
@@ -155,7 +147,7 @@ async def authz_request(service, body):
     method, uri = body.get("RequestMethod"), body.get("RequestUri")
     if not isinstance(method, str) or not isinstance(uri, str):
         return {"Allow": True}
-    allow, message = service.authorize(method, uri)
+    allow, message = service.authz.authorize(method, uri)
     return {"Allow": allow, "Msg": message}
 
 
@@ -172,26 +164,25 @@ async def address_spaces(service, body):
 
 
 async def request_pool(service, body):
-    pool_id, pool = await service.request_pool(_field(body, "Pool", required=False),
-                                               _field(body, "SubPool", required=False),
-                                               _field(body, "Options", dict, False),
-                                               _field(body, "V6", bool, False))
+    req = api.parse(api.RequestPool, body)
+    pool_id, pool = await service.ipam.request_pool(req.Pool, req.SubPool, req.Options, req.V6)
     return {"PoolID": pool_id, "Pool": pool, "Data": {}}
 
 
 async def release_pool(service, body):
-    await service.release_pool(_field(body, "PoolID"))
+    await service.ipam.release_pool(api.parse(api.ReleasePool, body).PoolID)
     return {}
 
 
 async def request_address(service, body):
-    address = await service.request_address(_field(body, "PoolID"), _field(body, "Address", required=False),
-                                            _field(body, "Options", dict, False))
+    req = api.parse(api.RequestAddress, body)
+    address = await service.ipam.request_address(req.PoolID, req.Address, req.Options)
     return {"Address": address, "Data": {}}
 
 
 async def release_address(service, body):
-    await service.release_address(_field(body, "PoolID"), _field(body, "Address"))
+    req = api.parse(api.ReleaseAddress, body)
+    await service.ipam.release_address(req.PoolID, req.Address)
     return {}
 
 

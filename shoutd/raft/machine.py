@@ -84,7 +84,8 @@ class TickMachine(SyncObjConsumer):
         handover.put("reset", empty())
 
     @replicated
-    def apply(self, op):
+    def execute(self, op):
+        """The one replicated method: on every node, in log order, on the tick thread."""
         if op == NUDGE:
             return None
         result = self._state.apply(op)

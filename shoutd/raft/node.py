@@ -48,6 +48,7 @@ CONNECTION_TIMEOUT = 3.5  # PySyncObj drops a connection silent for this long
 QUORUM_WAIT = 3.0         # how long a write waits for a leader to appear (an election) before NoQuorum
 SUBMIT_TIMEOUT = 10.0
 SETTLE_TIME = 5.0         # after a timeout, how long to try to settle the outcome before answering
+WITHDRAW_TRY = 2.0        # one attempt to withdraw
 TICK_STALL = 10.0         # a tick thread silent this long is wedged
 
 # Outcomes of one proposal.
@@ -72,7 +73,8 @@ class RaftStatus:
     term: int = 0
     role: str = "follower"
     has_quorum: bool = False
-    ready: bool = False                         # PySyncObj applied what it knows to be committed
+    replayed: bool = False                      # PySyncObj applied what it knows to be committed (not
+                                                # yet enough to act on: see caught_up)
     nodes: dict = field(default_factory=dict)   # member -> "self" | "connected" | "disconnected"
     silent: tuple = ()                          # members not heard from within the election timeout
     commit_index: int = 0
@@ -80,8 +82,17 @@ class RaftStatus:
 
     def key(self):
         """What followers of the status care about (indexes move on every entry)."""
-        return (self.leader, self.term, self.role, self.has_quorum, self.ready, tuple(sorted(self.nodes.items())),
+        return (self.leader, self.term, self.role, self.has_quorum, self.replayed, tuple(sorted(self.nodes.items())),
                 self.silent)
+
+
+@dataclass(frozen=True)
+class Problem:
+    text: str
+    fatal: bool       # the thread is gone: only a restart helps (a wedged one may come back)
+
+    def __str__(self):
+        return self.text
 
 
 class _Hooks:
@@ -96,14 +107,15 @@ class _Hooks:
 class _SyncObj(SyncObj):
     """SyncObj with a hook around each tick: durability first, status after."""
 
-    def __init__(self, around_tick, *args, **kwargs):
-        self._around_tick = around_tick      # set before SyncObj records its own attributes
+    def __init__(self, before_tick, after_tick, *args, **kwargs):
+        self._before_tick = before_tick      # set before SyncObj records its own attributes
+        self._after_tick = after_tick
         super().__init__(*args, **kwargs)
 
     def _onTick(self, timeToWait=0.0):
-        self._around_tick[0](self)
+        self._before_tick(self)
         super()._onTick(timeToWait)
-        self._around_tick[1](self)
+        self._after_tick(self)
 
 
 def new_request_id():
@@ -174,7 +186,7 @@ class RaftNode:
         # The tick thread starts inside SyncObj(): everything the hooks use
         # must exist before, hence the slots filled by the builders.
         with journal.building(dump_file, self.durable, self._legacy) as self._journal_slot:
-            self.sync = _SyncObj((self._before_tick, lambda sync: self._after_tick(sync, hooks, generation)),
+            self.sync = _SyncObj(self._before_tick, lambda sync: self._after_tick(sync, hooks, generation),
                                  self.self_addr, others, conf=conf, consumers=[self.machine],
                                  transportClass=GuardedTransport.with_hooks(hooks))
 
@@ -209,7 +221,7 @@ class RaftNode:
             role, quorum = "candidate", False
         silent = tuple(sorted(n.id for n in others if n.id not in fresh))
         status = RaftStatus(self=self.self_addr, leader=leader.id if leader is not None else None,
-                            term=sync.raftCurrentTerm, role=role, has_quorum=quorum, ready=sync.isReady(),
+                            term=sync.raftCurrentTerm, role=role, has_quorum=quorum, replayed=sync.isReady(),
                             nodes=nodes, silent=silent, commit_index=sync.raftCommitIndex,
                             last_applied=sync.raftLastApplied)
         if quorum:
@@ -242,12 +254,12 @@ class RaftNode:
         return self.replica.state
 
     def health(self):
-        """None while the tick thread is alive and ticking, else what is wrong."""
+        """None while the tick thread is alive and ticking, else a Problem."""
         if not self.sync.tick_thread_alive():
-            return "the Raft thread has stopped"
+            return Problem("the Raft thread has stopped", fatal=True)
         silent = time.monotonic() - self._last_tick
         if silent > TICK_STALL:
-            return "the Raft thread has not ticked for %.0fs" % silent
+            return Problem("the Raft thread has not ticked for %.0fs" % silent, fatal=False)
         return None
 
     def members(self):
@@ -301,12 +313,12 @@ class RaftNode:
     async def _propose(self, op, timeout):
         """One attempt: (DONE, result) | (REFUSED, why) | (UNKNOWN, why)."""
         fut, callback = self._bridge()
-        self.machine.apply(op, callback=callback)
+        self.machine.execute(op, callback=callback)
         # PySyncObj's leader counts a follower's ack as one entry short of what
         # the follower holds, so an entry commits only once the next entry or
         # heartbeat has reached the followers.  A no-op right behind the
         # command is that next entry, now rather than at the next heartbeat.
-        self.machine.apply(NUDGE)
+        self.machine.execute(NUDGE)
         deadline = self.loop.time() + timeout
         while not fut.done():
             left = deadline - self.loop.time()
@@ -368,7 +380,10 @@ class RaftNode:
             except ShoutdError:
                 return UNKNOWN, None         # no majority in sight: answer now, settle in the background
             if self.status.has_quorum:
-                outcome, result = await self._propose(dict(withdraw, req=new_request_id()), left)
+                # Short attempts: an entry appended by a leader that then steps
+                # down answers only once its index is reached, which may take
+                # long on an idle cluster.  Withdrawing again is harmless.
+                outcome, result = await self._propose(dict(withdraw, req=new_request_id()), min(left, WITHDRAW_TRY))
                 if outcome == DONE and "value" in result:
                     value = result["value"]
                     if "applied" in value:
@@ -376,7 +391,7 @@ class RaftNode:
                         return DONE, {"value": value["applied"]}
                     log.info("%s %s withdrawn: it has no effect", op.get("op"), op["req"])
                     return REFUSED, "it did not commit in time"
-            await asyncio.sleep(min(0.2, max(left, 0)))
+            await asyncio.sleep(min(0.2, max(left, 0)))  # then try to withdraw again
 
     def _settle_later(self, op):
         async def settle():
@@ -421,7 +436,7 @@ class RaftNode:
         while not port_is_free(host, int(port)):
             if time.monotonic() > deadline:
                 raise ShoutdError("the Raft port %s stayed busy after leaving the old cluster" % self.self_addr)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the old node is releasing the port
         journal.remove_files(*self._files)
         self._build(members)
         self.loop.call_soon(self._status_moved)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ..hostlab import World
+from ..hostlab import World, attach_logs
 
 if os.geteuid() != 0:
     pytest.skip("daemon tests need root (network namespaces)", allow_module_level=True)
@@ -16,8 +16,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     world = getattr(item, "funcargs", {}).get("world")
     if report.when == "call" and report.failed and world is not None:
-        for h in world.hosts:
-            report.sections.append(("shoutd log of " + h.name, h.read_log()[-6000:]))
+        attach_logs(report, world.hosts)
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """D-Bus control of a real shoutd on a private, system-like bus; clusters formed with AddPeer."""
 
 import json
-import time
 
+from ..support import until, wait_for
 from .conftest import status
 
 NOBODY = 65534
@@ -10,10 +10,7 @@ CALL = ["call", "org.darkkitchen.Shoutd", "/org/darkkitchen/Shoutd", "org.darkki
 
 
 def wait(pred, timeout=30):
-    deadline = time.time() + timeout
-    while not pred():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.2)
+    wait_for(pred, timeout=timeout)
 
 
 def test_anyone_reads_status_only_root_changes_anything(world):
@@ -131,11 +128,8 @@ def test_signals_and_properties_changed_are_announced(world):
                                                     "s", b.ip, stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()
         assert proc.returncode == 0, err
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if any(s[0] == "PeerJoined" for s in seen) and any(s[0] == "PropertiesChanged" for s in seen):
-                break
-            await asyncio.sleep(0.1)
+        await until(lambda: any(s[0] == "PeerJoined" for s in seen) and any(s[0] == "PropertiesChanged" for s in seen),
+                    timeout=30, what="PeerJoined and PropertiesChanged")
         client.disconnect()
         return seen
     seen = asyncio.run(watch())

@@ -6,16 +6,14 @@ import stat
 import time
 
 from ..hostlab import plugin_call
+from ..support import wait_for
 
 
 def test_socket_activation_first_call_starts_the_daemon(world):
     h = world.host()
     sock = os.path.join(h.dir, "activated.sock")
     h.start(world.secret(), wrap=["systemd-socket-activate", "-l", sock], wait=False)
-    deadline = time.time() + 10
-    while not os.path.exists(sock):
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: os.path.exists(sock), timeout=10, interval=0.05, what="the socket " + sock)
     assert not os.path.exists(h.log) or "serving" not in open(h.log).read(), "nothing runs before a call"
     status, reply = plugin_call(sock, "Plugin.Activate")      # this call starts shoutd
     assert status == 200 and reply == {"Implements": ["NetworkDriver", "IpamDriver", "authz"]}

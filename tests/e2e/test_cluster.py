@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -17,13 +18,12 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from lab import Lab, docker_binary, wait_for  # noqa: E402
+from lab import Lab, docker_binary  # noqa: E402
+from support import iperf_listening, iperf_summary, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 if os.geteuid() != 0 or not shutil.which("dockerd"):
     pytest.skip("end-to-end tests need root and dockerd", allow_module_level=True)
-
-LOSS = re.compile(r"(\d+)/\s*(\d+) \(")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,16 @@ def lab():
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(autouse=True)
+def no_containers_left(lab):
+    """Each test's containers go when it ends, passed or failed, so none leaks into the next."""
+    yield
+    for h in lab.hosts:
+        cids = h.docker("ps", "-aq", check=False).stdout.split()
+        if cids:
+            h.docker("rm", "-f", *cids, check=False)
 
 
 def network(lab, name, on=1, *extra):
@@ -49,15 +59,21 @@ def remove(lab, *containers):
         h.docker("rm", "-f", *containers, check=False)
 
 
+def logs(host, container):
+    return host.docker("logs", container).stdout
+
+
+def listening(host, container):
+    wait_for(lambda: iperf_listening(logs(host, container)), what="iperf receiver %s" % container)
+
+
+def summary(host, container, seconds):
+    """(lost, total) once the receiver has printed its closing report of a `seconds`-long stream."""
+    return wait_for(lambda: iperf_summary(logs(host, container), seconds), what="report of %s" % container)
+
+
 def ping(host, container, ip, count=3):
     return host.exec(container, "ping", "-c", str(count), "-W", "2", ip, check=False)
-
-
-def iperf_report(host, container):
-    """(lost, total) from an iperf UDP server's final report."""
-    reports = [(int(a), int(b)) for a, b in LOSS.findall(host.docker("logs", container).stdout)]
-    assert reports, host.docker("logs", container).stdout
-    return max(reports, key=lambda r: r[1])
 
 
 def test_the_iperf_multicast_demo_loses_nothing(lab):
@@ -66,14 +82,13 @@ def test_the_iperf_multicast_demo_loses_nothing(lab):
     for h, name in ((h2, "rx2"), (h3, "rx3")):
         h.run(name, "mc", "iperf", "-u", "-s", "-B", "224.1.1.1", "-p", "5000", "-i", "1")
     h1.run("tx", "mc")
-    time.sleep(1)
+    for h, name in ((h2, "rx2"), (h3, "rx3")):
+        listening(h, name)
     out = h1.exec("tx", "iperf", "-u", "-c", "224.1.1.1", "-p", "5000", "-T", "2", "-t", "8", "-i", "1").stdout
     assert "Sent" in out
-    time.sleep(2)
     for h, name in ((h2, "rx2"), (h3, "rx3")):
-        lost, total = iperf_report(h, name)
+        lost, total = summary(h, name, 8)
         assert total > 500 and lost == 0, (name, lost, total)
-    remove(lab, "rx2", "rx3", "tx")
 
 
 def test_ping_and_broadcast_cross_every_host(lab):
@@ -97,7 +112,6 @@ def test_ping_and_broadcast_cross_every_host(lab):
     routes = h1.exec("p1", "ip", "route").stdout
     assert re.search(r"224\.0\.0\.0/4 dev eth0", routes), routes
     assert "mtu 1450" in h1.exec("p1", "ip", "link", "show", "eth0").stdout
-    remove(lab, "p1", "p2", "p3")
 
 
 def test_arp_across_hosts(lab):
@@ -109,7 +123,6 @@ def test_arp_across_hosts(lab):
     mac2 = json.loads(h2.docker("inspect", "a2").stdout)[0]["NetworkSettings"]["Networks"]["arp"]["MacAddress"]
     out = h1.exec("a1", "arping", "-c", "2", "-w", "5", "-I", "eth0", ip2, check=False).stdout
     assert mac2.lower() in out.lower(), out
-    remove(lab, "a1", "a2")
 
 
 SEND_RAW = """
@@ -126,11 +139,16 @@ raw.send(b"\\xff" * 6 + mac + b"\\x88\\xb5" + b"shoutd-not-ip".ljust(46, b"."))
 
 
 def capture(host, container, bpf, count=1, timeout=15):
-    """Start tcpdump inside a container; returns a function that waits for its output."""
+    """Start tcpdump inside a container, once it listens; returns a function that waits for its output."""
     proc = subprocess.Popen([docker_binary(), "-H", "unix://" + host.sock, "exec", container, "timeout", str(timeout),
                              "tcpdump", "-Z", "root", "-n", "-e", "-v", "-l", "-i", "eth0", "-c", str(count), bpf],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return lambda: proc.communicate(timeout=timeout + 10)[0]
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen, deadline = b"", time.monotonic() + timeout
+    while b"listening on" not in seen and proc.poll() is None and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            seen += os.read(proc.stdout.fileno(), 4096)
+    assert b"listening on" in seen, "tcpdump did not start in %s: %s" % (container, seen.decode(errors="replace"))
+    return lambda: (seen + proc.communicate(timeout=timeout + 10)[0]).decode(errors="replace")
 
 
 def test_non_ip_and_non_tcp_udp_protocols_cross_hosts(lab):
@@ -140,16 +158,12 @@ def test_non_ip_and_non_tcp_udp_protocols_cross_hosts(lab):
     h1.run("src", "proto")
     for h in (h2, h3):
         h.run("dst%d" % h.n, "proto")
-    time.sleep(1)
     waits = {}
     for h in (h2, h3):
         waits[h.n] = [capture(h, "dst%d" % h.n, "ip proto 112"), capture(h, "dst%d" % h.n, "ether proto 0x88b5"),
                       capture(h, "dst%d" % h.n, "igmp")]
-    time.sleep(2)
     pid = json.loads(h1.docker("inspect", "src").stdout)[0]["State"]["Pid"]
-    for _ in range(3):
-        subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", SEND_RAW], check=True)
-        time.sleep(0.3)
+    subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", SEND_RAW], check=True)
     # Joining a group sends an IGMP membership report.
     h1.docker("exec", "-d", "src", "iperf", "-u", "-s", "-B", "224.9.9.9", "-p", "5009")
     for n, (vrrp, other, igmp) in waits.items():
@@ -159,7 +173,6 @@ def test_non_ip_and_non_tcp_udp_protocols_cross_hosts(lab):
         assert "0x88b5" in out and "ff:ff:ff:ff:ff:ff" in out, (n, out)
         out = igmp()
         assert "igmp" in out.lower() and "224.9.9.9" in out, (n, out)
-    remove(lab, "src", "dst2", "dst3")
 
 
 def test_addresses_are_unique_across_hosts_even_when_started_together(lab):
@@ -176,7 +189,6 @@ def test_addresses_are_unique_across_hosts_even_when_started_together(lab):
     res = h2.docker("run", "-d", "--name", "static2", "--network", "ipam", "--ip", "10.77.0.200", "shoutd-lab",
                     "sleep", "60", check=False)
     assert res.returncode != 0 and "already in use" in res.stderr, res.stderr
-    remove(lab, "static1", "static2", *[name for _, name in jobs])
 
 
 def test_two_networks_are_isolated(lab):
@@ -194,7 +206,6 @@ def test_two_networks_are_isolated(lab):
     out = h2.exec("blue2", "arping", "-c", "2", "-w", "3", "-I", "eth0", red2, check=False).stdout
     assert "Unicast reply" not in out, out
     assert ping(h2, "blue2", red2, count=2).returncode != 0
-    remove(lab, "red1", "red2", "blue2")
 
 
 def test_a_network_created_on_host2_is_usable_on_host3_and_removed_everywhere(lab):
@@ -242,15 +253,14 @@ def test_kill_9_on_one_host_leaves_the_others_talking_and_it_rejoins(lab):
     k3_ip = h3.container_ip("k3", "kill")
     before = veths(h3)
     h2.run("krx", "kill", "iperf", "-u", "-s", "-B", "224.2.2.2", "-p", "5001", "-i", "1")
-    time.sleep(1)
+    listening(h2, "krx")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sender = pool.submit(h1.exec, "k1", "iperf", "-u", "-c", "224.2.2.2", "-p", "5001", "-T", "2",
                              "-t", "8", "-i", "1")
-        time.sleep(2)
+        time.sleep(2)                  # the kill falls in the middle of the 8 s stream: that is the test
         h3.kill_shoutd(signal.SIGKILL)
         sender.result(timeout=60)
-    time.sleep(2)
-    lost, total = iperf_report(h2, "krx")
+    lost, total = summary(h2, "krx", 8)
     assert total > 500 and lost == 0, (lost, total)
     # Containers on the host without shoutd still talk: the data plane is the kernel's.
     assert ping(h1, "k1", k3_ip).returncode == 0
@@ -261,7 +271,6 @@ def test_kill_9_on_one_host_leaves_the_others_talking_and_it_rejoins(lab):
     assert ping(h1, "k1", k3_ip).returncode == 0
     h3.run("k3b", "kill")
     assert ping(h1, "k1", h3.container_ip("k3b", "kill")).returncode == 0
-    remove(lab, "k1", "k3", "k3b", "krx")
 
 
 def test_a_graceful_restart_keeps_every_veth(lab):
@@ -275,7 +284,6 @@ def test_a_graceful_restart_keeps_every_veth(lab):
     lab.wait_ready()
     assert veths(h1) == before
     assert ping(h1, "g1", h2.container_ip("g2", "calm")).returncode == 0
-    remove(lab, "g1", "g2")
 
 
 def test_restarting_dockerd_reconnects_containers_and_leaks_nothing(lab):
@@ -316,4 +324,3 @@ def test_a_host_reboot_is_reconciled(lab):
     names = veths(h2)
     assert len([n for n in names if n.startswith("shv")]) == 1, names
     assert len([n for n in names if n.startswith("shx")]) == len([n for n in names if n.startswith("shb")])
-    remove(lab, "b1", "b2")

@@ -12,7 +12,7 @@ import signal
 import time
 
 from ..hostlab import World
-from ..support import sh, wait_for
+from ..support import wait_for
 
 POOL = "10.88.0.0/16"
 RAFT_PORT = 7380
@@ -71,7 +71,7 @@ class Cluster:
 
     def pause(self, host, seconds):
         host.signal(signal.SIGSTOP)
-        time.sleep(seconds)
+        time.sleep(seconds)  # the pause is the nemesis
         host.signal(signal.SIGCONT)
 
     # -- the network -------------------------------------------------------------
@@ -129,17 +129,3 @@ class Cluster:
 
     def logs(self):
         return [(h.name, h.read_log()[-8000:]) for h in self.hosts]
-
-
-def sleep_until(t):
-    left = t - time.monotonic()
-    if left > 0:
-        time.sleep(left)
-
-
-def rng_for(value):
-    return random.Random(value)
-
-
-def iptables_available():
-    return sh("iptables -w -L -n", check=False).returncode == 0

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from ..hostlab import attach_logs
 from .cluster import Cluster
 
 if os.geteuid() != 0 or not shutil.which("iptables"):
@@ -20,16 +21,13 @@ def pytest_runtest_makereport(item, call):
     cluster = getattr(item, "funcargs", {}).get("cluster")
     if report.when == "call" and report.failed and cluster is not None:
         keep = os.environ.get("SHOUTD_LAB_LOGS", "/tmp/shoutd-lab-logs")
-        os.makedirs(keep, exist_ok=True)
         for h in cluster.hosts:
             h.signal(signal.SIGUSR1)            # each thread's stack into the log
-        time.sleep(0.5)
+        time.sleep(0.5)  # faulthandler writes the stacks asynchronously
+        attach_logs(report, cluster.hosts, keep)
         for h in cluster.hosts:
-            shutil.copy(h.log, os.path.join(keep, "%s-%s.log" % (item.name, h.name)))
             with open(os.path.join(keep, "%s-%s.raft" % (item.name, h.name)), "w") as f:
                 f.write(cluster.raft_status(h))
-        for name, log in cluster.logs():
-            report.sections.append(("shoutd log of " + name, log))
 
 
 @pytest.fixture

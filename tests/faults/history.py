@@ -18,12 +18,12 @@ trusting shoutd's own view:
 - every host ends with the same state.
 """
 
-import json
 import random
-import socket
 import threading
 import time
 from dataclasses import dataclass
+
+from ..hostlab import NotSent, plugin_call
 
 UNKNOWN_MARK = "whether it took effect"
 
@@ -41,29 +41,12 @@ class Op:
 
 def call(path, method, body, timeout=30.0):
     """('ok', reply) | ('fail', why) | ('unknown', why): what a plugin caller can know."""
-    data = json.dumps(body).encode()
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout)
     try:
-        s.connect(path)
-    except OSError as e:
-        s.close()
-        return "fail", "not sent: %s" % e            # shoutd is down: nothing can happen
-    try:
-        s.sendall(b"POST /%s HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (method.encode(), len(data), data))
-        raw = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
-        head, _, payload = raw.partition(b"\r\n\r\n")
-        status, reply = int(head.split()[1]), json.loads(payload)
-    except (OSError, ValueError, IndexError) as e:
+        status, reply = plugin_call(path, method, body, timeout)
+    except NotSent as e:
+        return "fail", str(e)                        # shoutd is down: nothing can happen
+    except (OSError, ValueError) as e:
         return "unknown", "no answer: %s" % e        # sent, then the daemon died or stalled
-    finally:
-        s.close()
     if status == 200:
         return "ok", reply
     message = reply.get("Err") or reply.get("Error") or ""
@@ -125,7 +108,7 @@ class Workload:
                 op.detail = str(reply)[:300]
             self._record(op)
             # Calls fail fast while hosts are down; do not spin.
-            time.sleep(rng.uniform(0.0, 0.02) if op.outcome == "ok" else rng.uniform(0.05, 0.2))
+            time.sleep(rng.uniform(0.0, 0.02) if op.outcome == "ok" else rng.uniform(0.05, 0.2))  # pacing
 
     def counts(self):
         out = {}

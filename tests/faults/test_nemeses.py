@@ -6,6 +6,7 @@ the history and the hosts' final states.  The schedule comes from a printed
 seed (cluster.py).
 """
 
+import random
 import time
 
 import pytest
@@ -20,10 +21,9 @@ pytestmark = pytest.mark.faults
 def run(cluster, nemesis):
     """The workload under `nemesis(cluster, rng)`, then heal, converge and check."""
     value = seed()
-    import random
     rng = random.Random(value)
     with Workload(cluster.hosts, cluster.pool, value) as workload:
-        time.sleep(1.0)
+        time.sleep(1.0)  # the workload gets going before the nemesis
         figures = nemesis(cluster, rng) or {}
         cluster.heal()
         cluster.start(*cluster.hosts)
@@ -43,16 +43,16 @@ def test_kill_9_of_one_host_and_of_the_leader(cluster):
             leader = c.leader()
             target = leader if n % 2 == 0 else rng.choice([h for h in c.hosts if h is not leader])
             target.kill()
-            time.sleep(rng.uniform(0.5, 3.0))
+            time.sleep(rng.uniform(0.5, 3.0))  # the schedule: down this long
             c.start(target, wait=False)
-            time.sleep(rng.uniform(1.0, 3.0))
+            time.sleep(rng.uniform(1.0, 3.0))  # the schedule: then this long in peace
     run(cluster, nemesis)
 
 
 def test_kill_9_of_every_host_at_once_ten_times(cluster):
     def nemesis(c, rng):
         for _ in range(10):
-            time.sleep(rng.uniform(1.0, 2.5))
+            time.sleep(rng.uniform(1.0, 2.5))  # the schedule: work between the crashes
             c.kill(*c.hosts)
             c.start(*c.hosts)
     run(cluster, nemesis)
@@ -65,7 +65,7 @@ def test_a_paused_leader(cluster):
             leader = c.leader()
             c.pause(leader, rng.uniform(2.5, 5.0))
             wait_for(lambda: c.leader() is not None, timeout=30, what="a leader after the pause")
-            time.sleep(rng.uniform(1.0, 2.0))
+            time.sleep(rng.uniform(1.0, 2.0))  # the schedule: peace between pauses
     run(cluster, nemesis)
 
 
@@ -86,9 +86,9 @@ def test_a_minority_partition_refuses_writes_fast_and_heals(cluster):
             assert outcome == "fail" and "no quorum" in detail, (outcome, detail)
             others = [h.ip for h in c.hosts if h is not target]
             assert all(ip in detail for ip in others), detail
-            time.sleep(rng.uniform(1.0, 3.0))
+            time.sleep(rng.uniform(1.0, 3.0))  # the schedule: then this long in peace
             c.heal()
-            time.sleep(rng.uniform(2.0, 3.0))
+            time.sleep(rng.uniform(2.0, 3.0))  # the schedule: healed for this long
     run(cluster, nemesis)
     print("time from partition to a refused write on the cut-off host: %s s"
           % ", ".join("%.1f" % r for r in refusals))
@@ -176,7 +176,7 @@ def test_a_whole_cluster_restart_after_terms_moved_loses_nothing(cluster):
                                                               "Options": {}})["Address"].split("/")[0])
     cluster.kill(h1, h2)
     cluster.start(h3, wait=False)              # the host with the older log starts first
-    time.sleep(2.0)
+    time.sleep(2.0)  # host 3 alone first, as in the finding
     cluster.start(h1, h2, wait=False)
     cluster.start(h1, h2, h3)
     finals = cluster.converged()

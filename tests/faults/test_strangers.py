@@ -36,7 +36,7 @@ def attack(i):
                     # Spread the budget over the whole time, as a steady stream.
                     ahead = sum(sent) - budget * (time.monotonic() - began) / seconds
                     if ahead > 0:
-                        time.sleep(min(0.05, ahead * seconds / budget))
+                        time.sleep(min(0.05, ahead * seconds / budget))   # pacing
                         continue
                     sent[i] += s.send(kinds[n % 3]())
         except OSError:
@@ -58,7 +58,7 @@ for _ in range(count):
     except OSError:
         pass
 print(len(held), flush=True)
-time.sleep(hold)
+time.sleep(hold)   # the connections stay open this long
 """
 
 
@@ -100,7 +100,7 @@ class Committer:
             outcome, _ = call(host.socket, "IpamDriver.RequestAddress", {"PoolID": self.cluster.pool, "Address": "",
                                                                          "Options": {}})
             self.results.append((began, outcome, time.monotonic() - began))
-            time.sleep(self.interval)
+            time.sleep(self.interval)  # the pace of allocations
 
     def summary(self, seconds):
         """(allocations committed, slowest call in seconds), checking that calls went on all along."""
@@ -116,7 +116,7 @@ def test_garbage_and_oversized_frames_leave_memory_flat_and_the_cluster_committi
     ns = stranger(cluster)
     for _ in range(200):                              # warm up: the state and the buffers settle
         target.plugin("IpamDriver.RequestAddress", {"PoolID": cluster.pool, "Address": "", "Options": {}})
-    time.sleep(1.0)
+    time.sleep(1.0)  # the warm-up settles before memory is measured
     rss_before = target.rss_kib()
     began = time.monotonic()
     with Committer(cluster, cluster.hosts) as committer:
@@ -147,7 +147,7 @@ def test_a_flood_of_idle_connections_leaves_the_port_bound_and_the_host_in_the_c
         print("a stranger opened %d connections to host 1's Raft port" % opened)
         assert opened >= 1000, "the flood did not happen"
         with Committer(cluster, [h1]) as committer:
-            time.sleep(5.0)
+            time.sleep(5.0)  # host 1 serves for a while under the flood
         oks, slowest = committer.summary(5.0)
         print("meanwhile %d of %d allocations through host 1 committed, the slowest in %.2fs"
               % (oks, len(committer.results), slowest))

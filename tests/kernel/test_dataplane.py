@@ -7,15 +7,16 @@ the first left it, down to the interface indexes.
 
 import json
 import os
-import subprocess
 import uuid
 
 import pytest
 
 from shoutd.dataplane.desired import desired
-from shoutd.dataplane.reconciler import Underlay, apply
+from shoutd.dataplane.reconciler import Underlay, program
 from shoutd.dataplane.worker import Worker
 from shoutd.state import ClusterState
+
+from ..support import sh as run
 
 pytestmark = pytest.mark.kernel
 if os.geteuid() != 0:
@@ -25,10 +26,8 @@ ZERO = "00:00:00:00:00:00"
 
 
 def sh(cmd, check=True):
-    res = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-    if check and res.returncode:
-        raise AssertionError("%s: %s%s" % (cmd, res.stdout, res.stderr))
-    return res.stdout
+    """A command's output (see support.sh)."""
+    return run(cmd, check=check).stdout
 
 
 class Host:
@@ -72,7 +71,7 @@ class Host:
         """A pass as the daemon runs it; returns its plan, for a later change-only pass."""
         nets, eps = desired(state, node)
         underlay = self.underlay()
-        self.worker.call(lambda nl: apply(nl, nets, eps, underlay, previous))
+        self.worker.call(lambda nl: program(nl, nets, eps, underlay, previous))
         return nets, eps
 
 

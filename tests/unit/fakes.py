@@ -22,7 +22,7 @@ class FakeRaft:
     def __init__(self, node=NODE):
         self.cluster = ClusterState()
         self.ops = []
-        self.status = RaftStatus(self=node, leader=node, term=1, role="leader", has_quorum=True, ready=True,
+        self.status = RaftStatus(self=node, leader=node, term=1, role="leader", has_quorum=True, replayed=True,
                                  nodes={node: "self"})
         self._caught_up = None
 
@@ -56,7 +56,7 @@ class FakeReconciler:
         self.syncs = 0
         self.kicks = 0
 
-    async def sync(self, timeout=30.0):
+    async def reconcile(self, timeout=30.0):
         self.syncs += 1
 
     def kick(self):

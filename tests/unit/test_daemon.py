@@ -10,6 +10,8 @@ every veth).
 import asyncio
 import types
 
+import pytest
+
 from shoutd.daemon import Daemon
 from shoutd.dataplane.reconciler import Underlay
 from shoutd.raft import MemberFile, RaftNode
@@ -23,50 +25,51 @@ class Notifier:
     def __init__(self):
         self.seen = []
 
-    def status(self, status):
-        self.seen.append(status[1])
+    def status(self, raft, caught_up):
+        self.seen.append(caught_up)
 
 
-def test_the_state_is_used_only_after_this_process_registered(tmp_path):
+@pytest.fixture
+def one_node(tmp_path):
+    """A real one-node Raft on loopback and a Daemon factory over it."""
     (port,) = free_ports(1)
     addr = "127.0.0.1:%d" % port
     cfg = types.SimpleNamespace(raft_address=addr, advertise_address="127.0.0.1", docker_socket="/nonexistent",
                                 driver_name="shoutd", state_dir=str(tmp_path), default_pool="10.213.0.0/16",
                                 default_pool_prefix=24)
     raft = RaftNode(addr, [], SECRET)
+
+    def daemon(notifier):
+        return Daemon(cfg, raft, None, Underlay("127.0.0.1", 4789, 1, 1500), notifier, MemberFile(str(tmp_path)))
+    try:
+        yield types.SimpleNamespace(addr=addr, raft=raft, daemon=daemon)
+    finally:
+        raft.destroy()
+
+
+def test_the_state_is_used_only_after_this_process_registered(one_node):
+    raft, addr = one_node.raft, one_node.addr
 
     async def main():
         notifier = Notifier()
-        daemon = Daemon(cfg, raft, None, Underlay("127.0.0.1", 4789, 1, 1500), notifier, MemberFile(str(tmp_path)))
-        await until(lambda: raft.status.ready and raft.status.has_quorum, what="PySyncObj ready with a leader")
-        assert daemon.current_state() is None and daemon.status()[1] is False, "ready is not yet current"
+        daemon = one_node.daemon(notifier)
+        await until(lambda: raft.status.replayed and raft.status.has_quorum, what="PySyncObj ready with a leader")
+        assert not raft.caught_up.is_set(), "PySyncObj's ready is not yet current"
         await daemon.register()
-        state = daemon.current_state()
-        assert state is not None and addr in state.members
+        assert raft.caught_up.is_set() and addr in raft.state.members
         await until(lambda: notifier.seen and notifier.seen[-1] is True, what="readiness announced")
-    try:
-        asyncio.run(main())
-    finally:
-        raft.destroy()
+    asyncio.run(main())
 
 
-def test_a_dead_raft_thread_ends_the_daemon_with_an_error(tmp_path):
+def test_a_dead_raft_thread_ends_the_daemon_with_an_error(one_node):
     """PySyncObj's tick thread can die (0.3.11 on an assertion); the process must not live on without it."""
-    (port,) = free_ports(1)
-    addr = "127.0.0.1:%d" % port
-    cfg = types.SimpleNamespace(raft_address=addr, advertise_address="127.0.0.1", docker_socket="/nonexistent",
-                                driver_name="shoutd", state_dir=str(tmp_path), default_pool="10.213.0.0/16",
-                                default_pool_prefix=24)
-    raft = RaftNode(addr, [], SECRET)
+    raft = one_node.raft
 
     async def main():
-        daemon = Daemon(cfg, raft, None, Underlay("127.0.0.1", 4789, 1, 1500), Notifier(), MemberFile(str(tmp_path)))
-        await until(lambda: raft.status.ready)
+        daemon = one_node.daemon(Notifier())
+        await until(lambda: raft.status.replayed)
         raft.sync.destroy()                       # the tick thread ends
         await asyncio.wait_for(daemon.watch_raft(), 10)
         assert daemon.stopping.is_set() and daemon.exit_code == 1
-        assert "stopped" in raft.health()
-    try:
-        asyncio.run(main())
-    finally:
-        raft.destroy()
+        assert "stopped" in raft.health().text and raft.health().fatal
+    asyncio.run(main())

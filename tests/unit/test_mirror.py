@@ -1,6 +1,7 @@
 """The network mirror against a fake Docker engine: what it creates, names and removes, and when."""
 
 import asyncio
+import contextlib
 
 from shoutd.docker.mirror import STALE_BINDING, Mirror
 from shoutd.state import ClusterState
@@ -11,18 +12,33 @@ HERE, THERE = "198.18.0.1:7380", "198.18.0.2:7380"
 
 
 class FakeEngine:
-    def __init__(self, networks=()):
+    """Docker's network API as the mirror uses it; `inspect` holds what `docker network inspect` shows."""
+
+    def __init__(self, networks=(), inspect=None):
         self.list = [dict(n) for n in networks]
-        self.created, self.removed = [], []
+        self.inspect = inspect or {}
+        self.created, self.removed, self.bodies = [], [], []
 
     async def networks(self, driver):
         return [dict(n) for n in self.list]
 
-    async def create_network(self, name, driver, subnet, gateway, ipam_options, options):
+    async def inspect_network(self, network_id):
+        return self.inspect.get(network_id, {"Id": network_id})
+
+    async def create_network(self, name, driver, subnet, gateway, identity):
         self.created.append(name)
+        self.bodies.append((name, driver, subnet, gateway, identity))
 
     async def remove_network(self, network_id):
         self.removed.append(network_id)
+
+
+class View:
+    """The control plane as the mirror sees it (a RaftNode in the daemon)."""
+
+    def __init__(self, state):
+        self.state = state
+        self.caught_up = None
 
 
 class Clock:
@@ -53,7 +69,15 @@ def mirror(engine, state, clock=None):
     async def submit(op):
         submitted.append(op)
         return state.apply(op)["value"]
-    m = Mirror(engine, "shoutd", HERE, submit, lambda: ClusterState(state.data), clock=clock or Clock())
+    making = []
+
+    @contextlib.contextmanager
+    def making_replica(net_id, subnet):
+        making.append((net_id, subnet))
+        yield
+    m = Mirror(engine, "shoutd", HERE, submit, View(ClusterState(state.data)), making_replica,
+               clock=clock or Clock())
+    m.making = making
     return m, submitted
 
 
@@ -86,3 +110,36 @@ def test_a_network_here_unknown_to_the_cluster_is_removed_and_an_unnamed_one_is_
     assert [op["op"] for op in submitted] == ["network_name"] and state.networks
     assert next(iter(state.networks.values()))["name"] == "web"
     assert engine.created == []
+
+
+def test_a_network_keeps_its_identity_on_every_host():
+    """Labels, --internal, --attachable, driver and IPAM options, read from the creating host's Docker."""
+    state = cluster(bound_here=docker_id("d-here"), name=None)
+    inspect = {docker_id("d-here"): {
+        "Id": docker_id("d-here"), "Name": "web_lan", "Internal": True, "Attachable": True,
+        "Labels": {"com.docker.compose.network": "lan", "com.docker.compose.project": "web", "tier": "front"},
+        "Options": {"mtu": "1400"},
+        "IPAM": {"Driver": "shoutd", "Options": {"foo": "bar"}, "Config": [{"Subnet": "10.213.0.0/24"}]}}}
+    here = FakeEngine([{"Id": docker_id("d-here"), "Name": "web_lan"}], inspect)
+    m, submitted = mirror(here, state)
+    asyncio.run(m.step(periodic=False))
+    assert [op["op"] for op in submitted] == ["network_name"]
+    # Another host: its engine has nothing yet.
+    there = FakeEngine()
+    other = Mirror(there, "shoutd", "198.18.0.3:7380", None, View(ClusterState(state.data)),
+                   lambda net_id, subnet: contextlib.nullcontext())
+    asyncio.run(other.step(periodic=False))
+    net = next(iter(state.networks.values()))
+    assert there.bodies == [("web_lan", "shoutd", net["subnet"], net["gateway"], {
+        "internal": True, "attachable": True, "options": {"mtu": "1400"}, "ipam_options": {"foo": "bar"},
+        "labels": {"com.docker.compose.network": "lan", "com.docker.compose.project": "web", "tier": "front"}})]
+
+
+def test_the_copy_carries_no_option_of_shoutd_s_own():
+    """Compose v1 compares IPAM options with its file: a marker option made it refuse the network."""
+    engine = FakeEngine()
+    m, _ = mirror(engine, cluster())
+    asyncio.run(m.step(periodic=False))
+    (_, _, subnet, _, identity), = engine.bodies
+    assert "shoutd.network" not in identity.get("ipam_options", {})
+    assert m.making == [(next(iter(cluster().networks)), subnet)], "the service is told which copy is made"

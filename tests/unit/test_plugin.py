@@ -215,14 +215,14 @@ def test_right_after_a_restart_state_calls_wait_for_the_state_and_probes_do_not(
         assert (await h.call(c, "Plugin.Activate"))[0] == 200          # Docker's probe is answered at once
         pool = asyncio.ensure_future(h.call(c, "IpamDriver.RequestPool",
                                             {"AddressSpace": "shoutd", "Pool": "", "Options": {}, "V6": False}))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a call that did not wait would be done by now
         assert not pool.done() and h.raft.ops == [], "nothing is decided from a state that may be behind"
         h.raft.caught_up.set()
         status, reply = await pool
         assert status == 200 and reply["Pool"], reply
         h.raft.caught_up.clear()
         with pytest.raises(ShoutdError) as e:
-            await h.service.until_current(timeout=0.1)
+            await h.service.cluster.until_caught_up(timeout=0.1)
         assert "not caught up with the cluster" in e.value.message
     run(t)
 
@@ -295,12 +295,36 @@ def test_readers_never_change_the_live_state():
                                                              "Interface": {"Address": addr["Address"]}})
             await h.call(c, "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": ep, "SandboxKey": "/x"})
             await h.call(c, "NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": ep})
-        h.service.status()
-        h.service.authorize("DELETE", "/networks/" + NET)
+        h.service.membership.status()
+        h.service.authz.authorize("DELETE", "/networks/" + NET)
         from shoutd.state import ClusterState
         replay = ClusterState()
         replay.apply({"op": "member_up", "node": NODE, "advertise": "198.18.0.1", "raft": NODE, "hostname": "h1"})
         for op in h.raft.ops:
             replay.apply(op)
         assert replay.data == h.raft.state.data
+    run(t)
+
+
+def test_the_mirror_s_copy_gets_the_cluster_pool_and_a_second_network_on_one_subnet_is_refused():
+    async def t(h, c):
+        pool = await h.create_network(c, pool="10.5.0.0/24")
+        h.raft.cluster.apply({"op": "network_name", "network": pool["PoolID"], "name": "web"})
+        # Docker, starting again, re-reserves the pools of its networks: the same pool, no error.
+        status, again = await h.call(c, "IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": "10.5.0.0/24",
+                                                                  "Options": {}, "V6": False})
+        assert status == 200 and again["PoolID"] == pool["PoolID"], again
+        # A second Docker network on this host with that subnet is refused, naming the first.
+        status, reply = await h.call(c, "NetworkDriver.CreateNetwork", {
+            "NetworkID": docker_id("second"), "Options": {},
+            "IPv4Data": [{"AddressSpace": "shoutd", "Pool": "10.5.0.0/24", "Gateway": "10.5.0.1/24"}]})
+        assert status == 409 and "already shoutd network web" in reply["Err"], reply
+        # The mirror replacing a copy Docker lost: same pool, new binding.
+        with h.service.cluster.making_replica(pool["PoolID"], "10.5.0.0/24"):
+            status, reply = await h.call(c, "NetworkDriver.CreateNetwork", {
+                "NetworkID": docker_id("copy"), "Options": {},
+                "IPv4Data": [{"AddressSpace": "shoutd", "Pool": "10.5.0.0/24", "Gateway": "10.5.0.1/24"}]})
+        assert status == 200, reply
+        assert h.raft.state.networks[pool["PoolID"]]["bindings"][NODE] == docker_id("copy")
+        assert len(h.raft.state.networks) == 1
     run(t)

@@ -20,9 +20,10 @@ from shoutd.errors import ShoutdError
 from shoutd.notify import Notifier
 from shoutd.raft import RaftNode, check_port_free, check_pysyncobj
 from shoutd.raft import node as node_module
+from shoutd.raft.node import port_is_free
 from shoutd.raft import transport as transport_module
 
-from ..support import free_ports, until
+from ..support import free_ports, until, wait_for
 
 SECRET = "test-secret-0123456789abcdef"
 POOL = {"pool": "10.213.0.0/16", "pool_prefix": 24}
@@ -49,7 +50,7 @@ async def settled(nodes):
     for n in nodes:
         if n.loop is not asyncio.get_running_loop():
             n.attach(asyncio.get_running_loop())
-    await until(lambda: leader_of(nodes) is not None and all(n.status.has_quorum and n.status.ready for n in nodes),
+    await until(lambda: leader_of(nodes) is not None and all(n.status.has_quorum and n.status.replayed for n in nodes),
                 what="a leader that every node hears")
 
 
@@ -145,7 +146,7 @@ def test_quorum_is_honest_when_connections_stay_up_but_nothing_gets_through(trio
         followers = [n for n in trio if n is not leader]
         with Silence(leader):
             # PySyncObj's own view still counts the open connections ...
-            await asyncio.sleep(node_module.ELECTION_MAX + 0.5)
+            await asyncio.sleep(node_module.ELECTION_MAX + 0.5)  # past the election timeout
             assert leader.sync.hasQuorum
             # ... ours does not, and the silenced leader steps down within a few seconds.
             await until(lambda: not leader.status.has_quorum, timeout=3, what="the isolated leader to lose quorum")
@@ -197,7 +198,7 @@ def test_a_write_that_times_out_is_withdrawn_and_leaves_no_trace(trio):
                 lag = 0.0
                 for _ in range(20):
                     began = time.monotonic()
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # the probe interval
                     lag = max(lag, time.monotonic() - began - 0.05)
                 assert lag < 0.5, "the event loop stalled for %.1fs" % lag
         finally:
@@ -216,13 +217,13 @@ def test_state_survives_a_restart_through_the_journal(tmp_path):
     files = dict(journal_file=str(tmp_path / "j"), dump_file=str(tmp_path / "d"))
 
     async def write(node):
-        await until(lambda: node.status.ready and node.status.has_quorum)
+        await until(lambda: node.status.replayed and node.status.has_quorum)
         await node.submit({"op": "network_reserve", "req": "keep", "node": "a", **POOL})
         return node.status.term
     node = RaftNode(addr, [], SECRET, **files)
     term = asyncio.run(write(node))
     node.destroy()
-    time.sleep(0.5)
+    wait_for(lambda: port_is_free("127.0.0.1", port), what="the port released")
 
     async def read(node):
         node.attach(asyncio.get_running_loop())
@@ -244,7 +245,7 @@ def test_the_journal_is_fsynced_before_a_write_is_acknowledged(tmp_path, monkeyp
     addr = "127.0.0.1:%d" % port
 
     async def write(node):
-        await until(lambda: node.status.ready and node.status.has_quorum)
+        await until(lambda: node.status.replayed and node.status.has_quorum)
         before = len(calls)
         await node.submit({"op": "network_reserve", "req": "r", "node": "a", **POOL})
         return len(calls) - before
@@ -255,7 +256,7 @@ def test_the_journal_is_fsynced_before_a_write_is_acknowledged(tmp_path, monkeyp
             synced = asyncio.run(write(node))
         finally:
             node.destroy()
-            time.sleep(0.3)
+            wait_for(lambda: port_is_free("127.0.0.1", port), what="the port released")
         assert (synced > 0) == durable, (durable, synced)
 
 
@@ -271,13 +272,13 @@ def test_without_the_secret_nothing_is_unpickled(tmp_path):
             return (open, (str(marker), "w"))
 
     async def main():
-        await until(lambda: node.status.ready)
+        await until(lambda: node.status.replayed)
         payload = zlib.compress(pickle.dumps(Exploit()))
         for message in (payload, zlib.compress(pickle.dumps(["add", "127.0.0.1:1"]))):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(struct.pack("i", len(message)) + message)
                 assert closed_by_peer(s, 5), "the connection must be dropped"
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # time for an exploit to have run
         assert not marker.exists()
         assert node.status.nodes == {addr: "self"}, "membership must not change"
         await node.submit({"op": "member_up", "node": addr, "advertise": "127.0.0.1", "raft": addr})
@@ -307,7 +308,7 @@ def test_oversized_frames_and_silent_strangers_are_dropped(monkeypatch):
     node = RaftNode(addr, [], SECRET)
 
     async def main():
-        await until(lambda: node.status.ready)
+        await until(lambda: node.status.replayed)
         for length in (0x7FFFFFFF, -5, transport_module.UNAUTHENTICATED_FRAME + 1):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(struct.pack("i", length) + os.urandom(1000))
@@ -327,10 +328,10 @@ def test_at_most_a_bounded_number_of_strangers_wait_and_the_port_stays_bound(mon
     node = RaftNode(addr, [], SECRET)
 
     async def main():
-        await until(lambda: node.status.ready)
+        await until(lambda: node.status.replayed)
         socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(150)]
         try:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # past the stall threshold
             open_ones = [s for s in socks if not closed_by_peer(s, 0.01)]
             assert len(open_ones) <= transport_module.MAX_PENDING, len(open_ones)
             await node.submit({"op": "member_up", "node": addr, "advertise": "127.0.0.1", "raft": addr})
@@ -354,12 +355,12 @@ def test_a_wedged_tick_thread_stops_the_watchdog(monkeypatch):
     gate = __import__("threading").Event()
 
     async def main():
-        await until(lambda: node.status.ready)
+        await until(lambda: node.status.replayed)
         assert node.health() is None and notifier.ping(node.health) and sent[-1] == "WATCHDOG=1"
         node.sync.addOnTickCallback(gate.wait)          # the tick thread blocks here
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the strangers' connections are accepted and shed
         sent.clear()
-        assert "not ticked" in node.health()
+        assert "not ticked" in node.health().text and not node.health().fatal
         assert not notifier.ping(node.health) and "WATCHDOG=1" not in sent
         gate.set()
         await until(lambda: node.health() is None, what="ticking again")

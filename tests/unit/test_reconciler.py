@@ -34,12 +34,21 @@ def cluster():
     return state
 
 
+class View:
+    """The control plane as the reconciler sees it: a state, and the event that says it is current."""
+
+    def __init__(self, state):
+        self.state = state
+        self.caught_up = asyncio.Event()
+        self.caught_up.set()
+
+
 def run(state, steps):
     """Drive a Reconciler through `steps`: callables taking (reconciler, state)."""
     worker = FakeWorker()
 
     async def main():
-        rec = Reconciler(worker, NODE, UNDERLAY, lambda: ClusterState(state.data))
+        rec = Reconciler(worker, NODE, UNDERLAY, View(state))
         for s in steps:
             await s(rec, state, worker)
     asyncio.run(main())
@@ -90,17 +99,17 @@ def test_after_a_failed_pass_the_same_plan_is_tried_again():
     async def recover(rec, state, worker):
         worker.failing = False
 
-    async def sync_reports_the_error(rec, state, worker):
-        task = asyncio.ensure_future(rec.sync(timeout=5))
-        await asyncio.sleep(0)          # let sync() register before the pass
+    async def reconcile_reports_the_error(rec, state, worker):
+        task = asyncio.ensure_future(rec.reconcile(timeout=5))
+        await asyncio.sleep(0)          # let reconcile() register before the pass
         await rec.step(periodic=False)
         try:
             await task
         except ShoutdError as e:
             assert "EPERM" in e.message
         else:
-            raise AssertionError("sync() hid the failed pass")
+            raise AssertionError("reconcile() hid the failed pass")
 
-    plans = run(state, [fail, sync_reports_the_error, recover, kicked, kicked])
+    plans = run(state, [fail, reconcile_reports_the_error, recover, kicked, kicked])
     # The failed pass, its retry as a full check, and then nothing: the plan is applied.
     assert len(plans) == 2 and plans[0] == plans[1] and plans[1][2] is True, plans

@@ -318,3 +318,25 @@ def test_an_allocation_costs_the_same_in_a_big_state():
     late = min(batch(9000), batch(9500), batch(10000))
     assert len(cs.networks[net["id"]]["addresses"]) == 10500
     assert late < early * 2, "allocation got slower as the state grew: %.4fs -> %.4fs per 500" % (early, late)
+
+
+def test_a_network_s_identity_is_recorded_with_its_name_and_checked():
+    cs = cluster("a")
+    net = network(cs)
+    identity = {"labels": {"com.docker.compose.project": "web"}, "internal": True, "attachable": False,
+                "options": {"mtu": "1400"}, "ipam_options": {}}
+    msg = refused(cs, "invalid", op="network_name", network=net["id"], name="web_lan",
+                  identity=dict(identity, internal="yes"))
+    assert "internal" in msg
+    refused(cs, "invalid", op="network_name", network=net["id"], name="web_lan", identity={"labels": ["x"]})
+    ok(cs, op="network_name", network=net["id"], name="web_lan", identity=identity)
+    assert cs.networks[net["id"]]["identity"] == identity
+
+
+def test_one_host_binds_a_subnet_once_unless_the_mirror_replaces_its_copy():
+    cs = cluster("a")
+    net = network(cs, req="n1", subnet="10.1.0.0/24", name="web")
+    msg = refused(cs, "conflict", op="network_bind", network=net["id"], node="a", docker_id=docker_id("second"))
+    assert "already shoutd network web" in msg and "another --subnet" in msg
+    ok(cs, op="network_bind", network=net["id"], node="a", docker_id=docker_id("second"), replace=True)
+    assert cs.networks[net["id"]]["bindings"]["a"] == docker_id("second")

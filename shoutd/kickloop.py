@@ -1,9 +1,11 @@
-"""A loop that follows the replicated state: one step per kick, and one per interval.
+"""A loop that acts on the replicated state: one step per kick, and one per interval.
 
-The kernel reconciler and the Docker network mirror both follow the state
-the same way: kicks coalesce (ten changes during one step cause one more
-step, not ten), a periodic step repairs what changed behind our back, and
-the loop survives any one step's failure.
+The kernel reconciler and the Docker network mirror act on the state the same
+way: kicks coalesce (ten changes during one step cause one more step, not
+ten), a periodic step repairs what changed behind our back, the loop survives
+any one step's failure, and no step runs before the control plane says this
+host's copy of the state is current (its `caught_up` event, see raft/node.py):
+an empty, not-yet-replayed state must never read as "delete everything".
 """
 
 import asyncio
@@ -12,9 +14,10 @@ import logging
 log = logging.getLogger(__name__)
 
 
-class Follower:
-    def __init__(self, interval):
+class KickLoop:
+    def __init__(self, interval, caught_up):
         self.interval = interval
+        self.caught_up = caught_up       # an asyncio.Event
         self._kick = asyncio.Event()
         self._task = None
 
@@ -48,6 +51,7 @@ class Follower:
             except asyncio.TimeoutError:
                 periodic = True
             self._kick.clear()
+            await self.caught_up.wait()
             try:
                 await self.step(periodic)
             except Exception:  # noqa: BLE001 - one bad step must not end the loop

@@ -1,0 +1,124 @@
+"""Docker's NetworkDriver API: a host's copy of a cluster network, its endpoints, join and leave.
+
+CreateNetwork binds this host's Docker network to the cluster network whose
+pool it was given; CreateEndpoint records the container's address and MAC;
+Join hands Docker the container side of the veth that the reconciler made.
+Each waits for the reconciler where the kernel must be ready before Docker
+goes on.
+"""
+
+import ipaddress
+import logging
+
+from .. import checks
+from ..dataplane.desired import veth_names
+from ..errors import CONFLICT, NOT_FOUND, ShoutdError
+from ..state import ADDRESS_SPACE
+
+log = logging.getLogger(__name__)
+
+# shoutd 0.1 marked the copies it made with this IPAM option; Compose v1 then
+# saw an option its file lacks and refused the network.  Still understood.
+NETWORK_OPTION = "shoutd.network"
+MULTICAST = "224.0.0.0/4"
+RIGHT_COMMAND = "docker network create -d shoutd --ipam-driver shoutd [--subnet SUBNET] NAME"
+
+
+def mac_for(ip):
+    """A stable, locally administered MAC derived from the (cluster-unique) IP."""
+    return "0a:5d:" + ":".join("%02x" % b for b in ipaddress.IPv4Address(ip).packed)
+
+
+class NetworkDriver:
+    def __init__(self, cluster, reconciler, on_network_changed=None):
+        self.cluster = cluster
+        self.reconciler = reconciler
+        self.on_network_changed = on_network_changed or (lambda docker_id: None)
+
+    async def create_network(self, docker_id, ipv4_data, options):
+        if not ipv4_data:
+            raise ShoutdError("shoutd networks need an IPv4 subnet; create it with: " + RIGHT_COMMAND)
+        data = ipv4_data[0]
+        if not str(data.get("AddressSpace", "")).startswith(ADDRESS_SPACE):
+            raise ShoutdError("shoutd networks must use shoutd's IPAM, because Docker's default "
+                              "IPAM would hand out the same addresses on every host. Create the "
+                              "network with: " + RIGHT_COMMAND)
+        checks.docker_id(docker_id, "NetworkID")
+        try:
+            pool = str(ipaddress.IPv4Network(data.get("Pool", ""), strict=False))
+        except (ValueError, TypeError):
+            raise ShoutdError("IPv4Data Pool %r is not an IPv4 subnet" % (data.get("Pool"),)) from None
+        net = self.cluster.state().network_by_subnet(pool)
+        if net is None:
+            raise ShoutdError("no shoutd pool %s: was it released meanwhile? Try again." % pool, NOT_FOUND)
+        generic = checks.options((options or {}).get("com.docker.network.generic"), "driver options")
+        await self.cluster.submit(op="network_bind", network=net["id"], docker_id=docker_id,
+                                  options={k: v for k, v in generic.items() if k != NETWORK_OPTION},
+                                  replace=self.cluster.replica_of(pool) == net["id"])
+        log.info("Docker network %s bound to shoutd network %s (%s, VNI %d)",
+                 docker_id[:12], net["name"] or net["id"], net["subnet"], net["vni"])
+        await self.reconciler.reconcile()
+        self.on_network_changed(docker_id)
+
+    async def delete_network(self, docker_id):
+        checks.docker_id(docker_id, "NetworkID")
+        net = self.cluster.state().network_by_docker_id(self.cluster.node, docker_id)
+        if net is None:
+            return            # already removed cluster-wide (we are following another host)
+        label, vni = net["name"] or net["subnet"], net["vni"]
+        result = await self.cluster.submit(op="network_delete", network=net["id"])
+        if not result["deleted"]:
+            self.on_network_changed(docker_id)    # the mirror restores the local copy
+            raise ShoutdError(result["reason"], CONFLICT)
+        log.info("network %s (VNI %d) removed from the cluster", label, vni)
+
+    async def create_endpoint(self, docker_id, endpoint_id, interface):
+        net = self.cluster.bound_network(docker_id)
+        checks.docker_id(endpoint_id, "EndpointID")
+        interface = interface or {}
+        address = interface.get("Address")
+        if not address:
+            raise ShoutdError("endpoint %s has no IPv4 address; shoutd networks need --ipam-driver shoutd"
+                              % endpoint_id[:12])
+        if interface.get("AddressIPv6"):
+            raise ShoutdError("shoutd supports IPv4 only; endpoint %s asked for an IPv6 address"
+                              % endpoint_id[:12])
+        label = net["name"] or net["subnet"]
+        ip = checks.host_in(checks.ipv4(address, "address"), net["subnet"], "address", label)
+        mac = checks.unicast_mac(interface["MacAddress"]) if interface.get("MacAddress") else mac_for(ip)
+        await self.cluster.submit(op="endpoint_add", network=net["id"], endpoint=endpoint_id, ip=str(ip), mac=mac)
+        log.info("endpoint %s %s (%s) created in network %s", endpoint_id[:12], ip, mac, label)
+        await self.reconciler.reconcile()
+        return {} if interface.get("MacAddress") else {"MacAddress": mac}
+
+    async def delete_endpoint(self, docker_id, endpoint_id):
+        checks.docker_id(endpoint_id, "EndpointID")
+        ep = self.cluster.state().endpoints.get(endpoint_id)
+        if ep is None:
+            return
+        ip = ep["ip"]
+        await self.cluster.submit(op="endpoint_remove", endpoint=endpoint_id)
+        log.info("endpoint %s %s removed", endpoint_id[:12], ip)
+        # Nothing waits on the veth's removal, so Docker need not either.
+        self.reconciler.kick()
+
+    def _local_endpoint(self, endpoint_id):
+        checks.docker_id(endpoint_id, "EndpointID")
+        ep = self.cluster.state().endpoints.get(endpoint_id)
+        if ep is None or ep["node"] != self.cluster.node:
+            raise ShoutdError("endpoint %s is not known on this host" % endpoint_id[:12], NOT_FOUND)
+        return ep
+
+    async def join(self, docker_id, endpoint_id, sandbox_key):
+        ip = self._local_endpoint(endpoint_id)["ip"]
+        await self.reconciler.reconcile()
+        _, peer = veth_names(endpoint_id)
+        log.info("endpoint %s %s joins sandbox %s", endpoint_id[:12], ip, sandbox_key)
+        return peer
+
+    async def leave(self, docker_id, endpoint_id):
+        log.info("endpoint %s %s leaves its sandbox", endpoint_id[:12], self._local_endpoint(endpoint_id)["ip"])
+
+    def endpoint_info(self, docker_id, endpoint_id):
+        ep = self._local_endpoint(endpoint_id)
+        return {"ip": ep["ip"], "mac": ep["mac"], "host": self.cluster.state().member_label(ep["node"])}

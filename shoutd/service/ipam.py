@@ -1,0 +1,82 @@
+"""Docker's IpamDriver API: one pool per cluster network, addresses handed out cluster-wide.
+
+Docker's default IPAM would hand out the same addresses on every host; here
+every pool and address is an operation on the replicated state, decided in
+the state machine, so two hosts never hand out the same address.
+"""
+
+import ipaddress
+import logging
+
+from .. import checks
+from ..errors import ShoutdError
+from ..raft import new_request_id
+from .driver import NETWORK_OPTION
+
+log = logging.getLogger(__name__)
+
+GATEWAY_REQUEST = "com.docker.network.gateway"
+
+
+def subnet_of(text):
+    try:
+        return str(ipaddress.IPv4Network(text, strict=False))
+    except (ValueError, TypeError):
+        raise ShoutdError("Pool %r is not an IPv4 subnet" % (text,)) from None
+
+
+class Ipam:
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    async def request_pool(self, pool, sub_pool, options, v6):
+        if v6:
+            raise ShoutdError("shoutd supports IPv4 only; create the network without --ipv6")
+        if sub_pool:
+            raise ShoutdError("--ip-range is not supported by shoutd; every container of a shoutd "
+                              "network gets its address from the whole --subnet")
+        options = checks.options(options, "IPAM options")
+        network = options.get(NETWORK_OPTION)
+        if pool and not network:
+            subnet = subnet_of(pool)
+            known = self.cluster.state().network_by_subnet(subnet)
+            # The mirror making this host's copy, or Docker re-reserving the
+            # pools of its networks as it starts: the cluster network it is.
+            network = self.cluster.replica_of(subnet)
+            if network is None and known is not None and self.cluster.node in known["bindings"]:
+                network = known["id"]
+        config = self.cluster.config
+        net = await self.cluster.submit(op="network_reserve", req=new_request_id(), subnet=pool or None,
+                                        network=network, pool=config.default_pool,
+                                        pool_prefix=config.default_pool_prefix)
+        log.info("pool %s reserved for shoutd network %s VNI %d", net["subnet"], net["id"], net["vni"])
+        return net["id"], net["subnet"]
+
+    async def release_pool(self, pool_id):
+        checks.own_id(pool_id, "PoolID")
+        await self.cluster.submit(op="network_release", network=pool_id)
+
+    async def request_address(self, pool_id, address, options):
+        net = self.cluster.pool(pool_id)
+        label, subnet = net["name"] or net["subnet"], net["subnet"]
+        prefix = subnet.split("/")[1]
+        options = checks.options(options, "address options")
+        wanted = checks.host_in(checks.ipv4(address, "address"), subnet, "address", label) if address else None
+        if options.get("RequestAddressType") == GATEWAY_REQUEST:
+            if wanted:
+                net = await self.cluster.submit(op="network_gateway", network=pool_id, gateway=str(wanted))
+            return "%s/%s" % (net["gateway"], prefix)
+        ip = await self.cluster.submit(op="ip_allocate", req=new_request_id(), network=pool_id,
+                                       ip=str(wanted) if wanted else None)
+        log.info("address %s allocated in network %s", ip, label)
+        return "%s/%s" % (ip, prefix)
+
+    async def release_address(self, pool_id, address):
+        checks.own_id(pool_id, "PoolID")
+        ip = checks.ipv4(address, "address")
+        net = self.cluster.state().networks.get(pool_id)
+        if net is None or str(ip) == net["gateway"]:
+            return            # the gateway lives and dies with its network
+        label = net["name"] or net["subnet"]
+        await self.cluster.submit(op="ip_release", network=pool_id, ip=str(ip))
+        log.info("address %s released in network %s", ip, label)

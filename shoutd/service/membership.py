@@ -1,0 +1,86 @@
+"""The cluster's members and what this host sees of it: AddPeer, RemovePeer, Status (D-Bus, shoutdctl)."""
+
+import ipaddress
+import logging
+
+from .. import checks
+from ..errors import CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
+from ..raft import ask_to_join
+
+log = logging.getLogger(__name__)
+
+
+class Membership:
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def _need_quorum(self):
+        st = self.cluster.raft.status
+        if st.leader is None or not st.has_quorum:
+            raise ShoutdError("membership cannot change: " +
+                              self.cluster.raft.no_quorum_message(self.cluster.describe_member),
+                              UNAVAILABLE, "NoQuorum")
+        return st
+
+    def _address(self, address):
+        return checks.member_address(address, self.cluster.config.raft_port, "peer")
+
+    async def add_peer(self, address):
+        addr = self._address(address)
+        st = self._need_quorum()
+        if addr in st.nodes:
+            raise ShoutdError("%s is already a member of the cluster" % addr, CONFLICT, "AlreadyMember")
+        members = sorted(set(st.nodes) | {addr})
+        raft = self.cluster.raft
+        await ask_to_join(raft.secret, addr, members)
+        await raft.change_membership("add", addr)
+        log.info("peer %s added to the cluster; members now %s", addr, ", ".join(members))
+        return addr
+
+    async def remove_peer(self, address):
+        addr = self._address(address)
+        st = self._need_quorum()
+        if addr == self.cluster.node:
+            raise ShoutdError("%s is this host; run RemovePeer on another member" % addr, INVALID, "InvalidAddress")
+        if addr not in st.nodes:
+            raise ShoutdError("%s is not a member of the cluster" % addr, NOT_FOUND, "NotMember")
+        await self.cluster.raft.change_membership("rem", addr)
+        if addr in self.cluster.state().members:
+            await self.cluster.submit(op="member_remove", node=addr)
+        log.info("peer %s removed from the cluster", addr)
+        return addr
+
+    def status(self):
+        """This host's view: Raft roles, members, networks.  O(members + networks), no copies."""
+        raft = self.cluster.raft
+        st, state = raft.status, self.cluster.state()
+        members = []
+        for addr, conn in sorted(st.nodes.items()):
+            rec = state.members.get(addr, {})
+            members.append({"address": addr, "vtep": rec.get("advertise", ""), "hostname": rec.get("hostname", ""),
+                            "state": "leader" if addr == st.leader else conn})
+        networks = [{"name": n["name"] or "", "subnet": n["subnet"], "vni": n["vni"], "id": n["id"],
+                     "endpoints": len(n["endpoints"]), "addresses": len(n["addresses"])}
+                    for n in sorted(state.networks.values(), key=lambda n: n["vni"])]
+        applied, digest = state.applied
+        return {"self": self.cluster.node, "leader": st.leader or "", "term": st.term,
+                "quorum": st.has_quorum, "ready": raft.caught_up.is_set() and st.has_quorum,
+                "members": members, "networks": networks, "applied": applied, "digest": digest,
+                "commit_index": st.commit_index, "last_applied": st.last_applied}
+
+    def network(self, ident):
+        """One network in full: which host holds which address (for `shoutdctl network`)."""
+        state = self.cluster.state()
+        net = state.network_by_name(ident) if isinstance(ident, str) else None
+        net = net or state.networks.get(ident) or next(
+            (n for n in state.networks.values() if ident and ident in n["bindings"].values()), None)
+        if net is None:
+            raise ShoutdError("no shoutd network named %r; `shoutdctl networks` lists them" % (ident,), NOT_FOUND,
+                              "NotFound")
+        addresses = []
+        for ip, holder in sorted(net["addresses"].items(), key=lambda kv: ipaddress.IPv4Address(kv[0])):
+            rec = state.members.get(holder["node"], {})
+            addresses.append({"ip": ip, "host": rec.get("hostname", ""), "member": holder["node"],
+                              "endpoint": net["endpoints"].get(ip, "")})
+        return {"name": net["name"] or "", "id": net["id"], "subnet": net["subnet"], "gateway": net["gateway"],
+                "vni": net["vni"], "hosts": sorted(net["bindings"]), "addresses": addresses}
