@@ -23,7 +23,7 @@ import sys
 from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
 
-from . import checks
+from . import checks, errors
 from .dbus_api import BUS_NAME, ERROR, INTERFACE, OBJECT_PATH
 from .errors import ShoutdError
 
@@ -43,7 +43,7 @@ def _code_for(error_name):
         return NOT_RUNNING
     if error_name in (ERROR + "AccessDenied", "org.freedesktop.DBus.Error.AccessDenied"):
         return DENIED
-    if error_name == ERROR + "NoQuorum":
+    if error_name == ERROR + errors.NO_QUORUM:
         return NO_QUORUM
     return REFUSED
 

@@ -18,7 +18,7 @@ from dbus_next.aio import MessageBus
 from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
-from .errors import CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
+from .errors import CONFLICT, INVALID, NO_QUORUM, NOT_FOUND, UNAVAILABLE, ShoutdError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ OBJECT_PATH = "/org/darkkitchen/Shoutd"
 INTERFACE = "org.darkkitchen.Shoutd"
 ERROR = "org.darkkitchen.Shoutd.Error."
 MUTATING = {"AddPeer", "RemovePeer"}
-_BY_KIND = {INVALID: "InvalidArgument", CONFLICT: "Conflict", NOT_FOUND: "NotFound", UNAVAILABLE: "NoQuorum"}
+_BY_KIND = {INVALID: "InvalidArgument", CONFLICT: "Conflict", NOT_FOUND: "NotFound", UNAVAILABLE: NO_QUORUM}
 
 
 def dbus_error(e):

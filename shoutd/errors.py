@@ -11,6 +11,10 @@ NOT_FOUND = "not_found"      # names an object the cluster does not have
 UNAVAILABLE = "unavailable"  # the cluster cannot answer now (no leader, no quorum)
 INTERNAL = "internal"        # a bug in shoutd; the message says where to look
 
+# Names that callers act on (shoutdctl's exit code, a retry with the same request id).
+NO_QUORUM = "NoQuorum"                # refused: nothing was changed
+OUTCOME_UNKNOWN = "OutcomeUnknown"    # may or may not take effect; shoutd settles it once a majority is back
+
 
 class ShoutdError(Exception):
     def __init__(self, message, kind=INVALID, name=None):

@@ -90,8 +90,9 @@ class Notifier:
             self.status(raft.status, raft.caught_up.is_set())
             if period:
                 self.ping(raft.health)
-            # Until READY=1, look often: it is sent as soon as it is true.
-            await asyncio.sleep(min(period or 1.0, 1.0) if self.ready_sent else 0.2)   # half the watchdog period, at most 1 s
+            # Until READY=1, look often: it is sent as soon as it is true.  After,
+            # half the watchdog period, at most 1 s.
+            await asyncio.sleep(min(period or 1.0, 1.0) if self.ready_sent else 0.2)
 
     def stopping(self):
         self._send("STOPPING=1")

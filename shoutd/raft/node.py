@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 
-from ..errors import UNAVAILABLE, ShoutdError
+from ..errors import NO_QUORUM, OUTCOME_UNKNOWN, UNAVAILABLE, ShoutdError
 from . import journal
 from .machine import NUDGE, Handover, LoopReplica, TickMachine
 from .transport import GuardedTransport
@@ -288,7 +288,7 @@ class RaftNode:
         while not self.status.has_quorum:
             left = deadline - self.loop.time()
             if left <= 0:
-                raise ShoutdError(self.no_quorum_message(describe), UNAVAILABLE, "NoQuorum")
+                raise ShoutdError(self.no_quorum_message(describe), UNAVAILABLE, NO_QUORUM)
             try:
                 await asyncio.wait_for(self._status_changed.wait(), min(left, 0.25))
             except asyncio.TimeoutError:
@@ -358,10 +358,10 @@ class RaftNode:
                 raise ShoutdError("the cluster did not confirm %s and cannot tell yet whether it took effect (%s); "
                                   "shoutd keeps settling it and undoes it if it did. Try again once the cluster "
                                   "has a quorum" % (name, self.no_quorum_message(describe)),
-                                  UNAVAILABLE, "OutcomeUnknown")
+                                  UNAVAILABLE, OUTCOME_UNKNOWN)
         if outcome == REFUSED:
             if not self.status.has_quorum:
-                raise ShoutdError("cannot %s: %s" % (name, self.no_quorum_message(describe)), UNAVAILABLE, "NoQuorum")
+                raise ShoutdError("cannot %s: %s" % (name, self.no_quorum_message(describe)), UNAVAILABLE, NO_QUORUM)
             raise ShoutdError("cannot %s: %s; nothing was changed, try again" % (name, detail), UNAVAILABLE)
         if "error" in detail:
             raise ShoutdError(detail["error"], detail["kind"])

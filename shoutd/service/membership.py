@@ -4,7 +4,7 @@ import ipaddress
 import logging
 
 from .. import checks
-from ..errors import CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
+from ..errors import CONFLICT, INVALID, NO_QUORUM, NOT_FOUND, UNAVAILABLE, ShoutdError
 from ..raft import ask_to_join
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ class Membership:
         if st.leader is None or not st.has_quorum:
             raise ShoutdError("membership cannot change: " +
                               self.cluster.raft.no_quorum_message(self.cluster.describe_member),
-                              UNAVAILABLE, "NoQuorum")
+                              UNAVAILABLE, NO_QUORUM)
         return st
 
     def _address(self, address):
