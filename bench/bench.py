@@ -168,7 +168,7 @@ def failover(rounds=20):
     """
     import tempfile
 
-    from hostlab import World
+    from tests.hostlab import World
 
     tmp = tempfile.mkdtemp(prefix="shoutd-bench-")
     world = World(tmp, subnet="198.23.0")
@@ -231,6 +231,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--kills", type=int, default=20, help="leader kills for the failover figure")
     p.add_argument("--parts", default="tcp,multicast,run,commit,failover",
                    help="comma-separated: tcp, multicast, run, commit, failover")
     args = p.parse_args()
@@ -239,7 +240,7 @@ def main():
     if "commit" in parts:
         figures["commit"] = {"fsync": commit_latency(durable=True), "no fsync": commit_latency(durable=False)}
     if "failover" in parts:
-        figures["failover"] = failover()
+        figures["failover"] = failover(args.kills)
     if parts - {"commit", "failover"}:
         figures.update(in_the_lab(args, parts))
     report(args, **figures)
