@@ -1,38 +1,45 @@
-"""Real systemd hosts for the package tests: Debian bookworm booted in systemd-nspawn.
+"""Real systemd hosts for the package tests: Debian 12 and 13 booted in systemd-nspawn.
 
-Recipe (shared/LAB.md, section 3): debootstrap a minimal bookworm, install
-docker.io and *our .deb* with apt inside a chroot (so apt resolves its
-Debian dependencies), give each copy its own address through
+Recipe (shared/LAB.md, sections 3 and 4): debootstrap a minimal release,
+install Docker, Compose and *our packages* with apt inside a chroot (so apt
+resolves their Debian dependencies), give each copy its own address through
 systemd-networkd, then boot each copy with systemd as PID 1 on one bridge.
 Commands run inside with `nsenter -t PID -a`, PID being the machine's systemd.
-The base tree is cached between runs (keyed by the .deb's content).
+The base trees are cached between runs (the installed one keyed by the
+packages' content).  debootstrap and apt use the mirrors they know.
 """
 
 import hashlib
 import os
 import shutil
 import subprocess
-import time
+
+from ..support import sh as support_sh
+from ..support import wait_for
 
 CACHE = os.environ.get("SHOUTD_MACHINE_CACHE", "/var/tmp/shoutd-machines")
-MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = "systemd,systemd-sysv,dbus,iproute2,ca-certificates"
+# What a user of each release installs next to shoutd.  Debian 13 split the
+# `docker` command into docker-cli (only Recommended by docker.io), and its
+# docker-compose is Compose v2 (`docker compose`); Debian 12's is Compose v1.
+DOCKER = {
+    "bookworm": "docker.io docker-compose iptables busybox-static",
+    "trixie": "docker.io docker-cli docker-compose iptables busybox-static",
+}
+COMPOSE = {"bookworm": "docker-compose", "trixie": "docker compose"}
 
 
 def sh(cmd, check=True, timeout=900, **kw):
-    res = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and res.returncode:
-        raise RuntimeError("%s failed (%d):\n%s\n%s" % (cmd, res.returncode, res.stdout[-3000:], res.stderr[-3000:]))
-    return res
+    """support.sh, with the patience that debootstrap and apt need."""
+    return support_sh(cmd, check=check, timeout=timeout, **kw)
 
 
-def debootstrap():
-    base = os.path.join(CACHE, "debootstrap")
+def debootstrap(release):
+    base = os.path.join(CACHE, "debootstrap-" + release)
     if not os.path.exists(os.path.join(base, ".complete")):
         shutil.rmtree(base, ignore_errors=True)
         os.makedirs(CACHE, exist_ok=True)
-        sh(["debootstrap", "--variant=minbase", "--include=" + BASE_PACKAGES, "bookworm", base, MIRROR],
-           timeout=1800)
+        sh(["debootstrap", "--variant=minbase", "--include=" + BASE_PACKAGES, release, base], timeout=1800)
         open(os.path.join(base, ".complete"), "w").close()
     return base
 
@@ -42,15 +49,15 @@ def chroot(root, cmd, **kw):
     return sh(["chroot", root, "sh", "-c", cmd], env=env, **kw)
 
 
-def installed_tree(debs, image_tar):
-    """The bootstrapped tree plus docker.io and shoutd (with its PySyncObj backport), installed by apt."""
+def installed_tree(release, debs, image_tar):
+    """The bootstrapped tree plus Docker and shoutd (with its PySyncObj backport), installed by apt."""
     digest = hashlib.sha256(b"".join(open(d, "rb").read() for d in debs)).hexdigest()[:12]
-    tree = os.path.join(CACHE, "installed-" + digest)
+    tree = os.path.join(CACHE, "installed-%s-%s" % (release, digest))
     if os.path.exists(os.path.join(tree, ".complete")):
         return tree, open(os.path.join(tree, ".apt-log")).read()
-    base = debootstrap()
+    base = debootstrap(release)
     for old in os.listdir(CACHE):
-        if old.startswith("installed-"):
+        if old.startswith("installed-%s-" % release):
             shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
     sh(["cp", "-a", base, tree])
     shutil.copy("/etc/resolv.conf", os.path.join(tree, "etc/resolv.conf"))
@@ -61,7 +68,7 @@ def installed_tree(debs, image_tar):
         sh(["mount", "--bind", "/" + d, os.path.join(tree, d)])
     try:
         chroot(tree, "apt-get update -q")
-        chroot(tree, "apt-get install -y -q --no-install-recommends docker.io iptables busybox-static", timeout=1800)
+        chroot(tree, "apt-get install -y -q --no-install-recommends " + DOCKER[release], timeout=1800)
         log = chroot(tree, "apt-get install -y -q %s" % " ".join("./root/" + os.path.basename(d) for d in debs),
                      timeout=1800).stdout
     finally:
@@ -113,22 +120,23 @@ class Machine:
         return None
 
     def wait_booted(self, timeout=180):
-        deadline = time.time() + timeout
-        state = "not started"
-        while True:
+        state = ["not started"]
+
+        def booted():
             if self.proc.poll() is not None:
                 raise RuntimeError("%s exited:\n%s" % (self.name, open(self.root + ".console").read()[-3000:]))
             self.pid = self.find_init()
             if self.pid is not None:
-                state = self.run("systemctl is-system-running", check=False).stdout.strip()
-                if state in ("running", "degraded"):
-                    return state
-            if time.time() > deadline:
-                detail = self.run("systemctl --failed --no-pager; systemctl list-jobs --no-pager",
-                                  check=False).stdout if self.pid else ""
-                raise RuntimeError("%s stuck in %r:\n%s\n%s" % (self.name, state, detail,
-                                   open(self.root + ".console").read()[-2000:]))
-            time.sleep(0.5)
+                state[0] = self.run("systemctl is-system-running", check=False).stdout.strip()
+            return state[0] in ("running", "degraded")
+        try:
+            wait_for(booted, timeout=timeout, interval=0.5, what="%s to boot" % self.name)
+        except AssertionError:
+            detail = self.run("systemctl --failed --no-pager; systemctl list-jobs --no-pager",
+                              check=False).stdout if self.pid else ""
+            raise RuntimeError("%s stuck in %r:\n%s\n%s" % (self.name, state[0], detail,
+                               open(self.root + ".console").read()[-2000:])) from None
+        return state[0]
 
     def run(self, cmd, check=True, timeout=300, user=None):
         prefix = ["setpriv", "--reuid=%d" % user, "--regid=%d" % user, "--clear-groups"] if user else []
