@@ -29,6 +29,7 @@ refused commits when the partition heals.
 import asyncio
 import logging
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -155,6 +156,7 @@ class RaftNode:
         self._quorum_seen = time.monotonic()     # a new node gets the full wait for its first election
         self._settling = set()
         self._generation = 0
+        self._tick_thread = None
         self._journal_slot = []
         self._build(peer_addrs)
 
@@ -199,6 +201,7 @@ class RaftNode:
     def _before_tick(self, sync):
         # A leader counts its own copy of an entry towards a commit during the
         # tick: make that copy durable first (see journal.py).
+        self._tick_thread = threading.current_thread()
         self._sync_journal()
 
     def _after_tick(self, sync, hooks, generation):
@@ -433,10 +436,11 @@ class RaftNode:
         self.sync.destroy()
         host, port = self.self_addr.rsplit(":", 1)
         deadline = time.monotonic() + 15
-        while not port_is_free(host, int(port)):
+        # The old tick thread may still write the journal it is about to lose.
+        while self.sync.tick_thread_alive() or not port_is_free(host, int(port)):
             if time.monotonic() > deadline:
                 raise ShoutdError("the Raft port %s stayed busy after leaving the old cluster" % self.self_addr)
-            await asyncio.sleep(0.1)  # the old node is releasing the port
+            await asyncio.sleep(0.1)  # the old node is stopping and releasing the port
         journal.remove_files(*self._files)
         self._build(members)
         self.loop.call_soon(self._status_moved)
@@ -447,10 +451,15 @@ class RaftNode:
         if self.loop is not loop:
             self.attach(loop, self._on_change)
 
-    def destroy(self):
+    def destroy(self, wait=5.0):
+        """Stop the tick thread and wait (a bounded time) until it has: it may still write the journal."""
         for task in list(self._settling):
             task.cancel()
         self.sync.destroy()
+        if threading.current_thread() is not self._tick_thread:
+            deadline = time.monotonic() + wait
+            while self.sync.tick_thread_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)  # PySyncObj's thread ends at its next tick
 
 
 def check_port_free(host, port):

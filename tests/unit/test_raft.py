@@ -223,6 +223,8 @@ def test_state_survives_a_restart_through_the_journal(tmp_path):
     node = RaftNode(addr, [], SECRET, **files)
     term = asyncio.run(write(node))
     node.destroy()
+    # Once destroy returns, nothing writes the files any more (AddPeer removes them then).
+    assert not node.sync.tick_thread_alive()
     wait_for(lambda: port_is_free("127.0.0.1", port), what="the port released")
 
     async def read(node):
