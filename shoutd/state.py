@@ -461,6 +461,11 @@ class ClusterState:
             self._drop_endpoint(ep)
         return None
 
+    # a no-op whose commit proves that this host has applied everything committed before it
+
+    def _op_barrier(self, op):
+        return None
+
     # withdrawing a request that did not commit in time
 
     def _op_withdraw(self, op):

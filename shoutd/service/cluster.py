@@ -47,6 +47,23 @@ class Cluster:
         op.setdefault("node", self.node)
         return await self.raft.submit(op, describe=self.describe_member)
 
+    async def fresh_pool(self, pool_id):
+        """pool(), but a pool another host made a moment ago is not taken for a missing one.
+
+        A follower applies a commit only when the leader next tells it the
+        commit index, so for a few milliseconds this host's copy can lack what
+        another host has already been told exists.  Before answering "does not
+        exist", one no-op through Raft brings this copy up to every op committed
+        before it.
+        """
+        try:
+            return self.pool(pool_id)
+        except ShoutdError as e:
+            if e.kind != NOT_FOUND:
+                raise
+        await self.submit(op="barrier")
+        return self.pool(pool_id)
+
     def pool(self, pool_id):
         """The cluster network whose IPAM PoolID is `pool_id`."""
         checks.own_id(pool_id, "PoolID")

@@ -9,7 +9,7 @@ import ipaddress
 import logging
 
 from .. import checks
-from ..errors import ShoutdError
+from ..errors import NOT_FOUND, ShoutdError
 from ..raft import new_request_id
 from .driver import NETWORK_OPTION
 
@@ -57,7 +57,7 @@ class Ipam:
         await self.cluster.submit(op="network_release", network=pool_id)
 
     async def request_address(self, pool_id, address, options):
-        net = self.cluster.pool(pool_id)
+        net = await self.cluster.fresh_pool(pool_id)
         label, subnet = net["name"] or net["subnet"], net["subnet"]
         prefix = subnet.split("/")[1]
         options = checks.options(options, "address options")
@@ -74,8 +74,13 @@ class Ipam:
     async def release_address(self, pool_id, address):
         checks.own_id(pool_id, "PoolID")
         ip = checks.ipv4(address, "address")
-        net = self.cluster.state().networks.get(pool_id)
-        if net is None or str(ip) == net["gateway"]:
+        try:
+            net = await self.cluster.fresh_pool(pool_id)
+        except ShoutdError as e:
+            if e.kind == NOT_FOUND:
+                return        # the network and its addresses are gone already
+            raise
+        if str(ip) == net["gateway"]:
             return            # the gateway lives and dies with its network
         label = net["name"] or net["subnet"]
         await self.cluster.submit(op="ip_release", network=pool_id, ip=str(ip))

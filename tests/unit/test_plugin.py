@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from shoutd.docker.plugin import ROUTES, make_app
 from shoutd.errors import ShoutdError
 from shoutd.service import Service
+from shoutd.state import ClusterState
 
 from ..support import docker_id
 from .fakes import Config, FakeRaft, FakeReconciler
@@ -327,4 +328,26 @@ def test_the_mirror_s_copy_gets_the_cluster_pool_and_a_second_network_on_one_sub
         assert status == 200, reply
         assert h.raft.state.networks[pool["PoolID"]]["bindings"][NODE] == docker_id("copy")
         assert len(h.raft.state.networks) == 1
+    run(t)
+
+
+def test_a_pool_another_host_made_a_moment_ago_is_found_not_refused():
+    """A follower applies a commit only when the leader next says so: one no-op proves what is committed."""
+    async def t(h, c):
+        pool = await h.create_network(c)
+        committed_elsewhere = h.raft.cluster
+        h.raft.cluster = ClusterState()              # this host's copy lags: it has not applied the pool yet
+        lagging_submit = h.raft.submit
+
+        async def submit(op, **kw):
+            h.raft.cluster = committed_elsewhere      # a commit through the leader brings it up to date
+            return await lagging_submit(op, **kw)
+        h.raft.submit = submit
+        status, reply = await h.call(c, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "",
+                                                                      "Options": {}})
+        assert status == 200, reply
+        assert [op["op"] for op in h.raft.ops[-2:]] == ["barrier", "ip_allocate"]
+        status, reply = await h.call(c, "IpamDriver.RequestAddress", {"PoolID": "nosuchpool", "Address": "",
+                                                                      "Options": {}})
+        assert status >= 400 and "does not exist" in reply["Error"], reply
     run(t)
