@@ -53,11 +53,11 @@ class FakeRaft:
 
 class FakeReconciler:
     def __init__(self):
-        self.syncs = 0
+        self.waits = 0        # reconcile() calls: Docker waiting for the kernel
         self.kicks = 0
 
     async def reconcile(self, timeout=30.0):
-        self.syncs += 1
+        self.waits += 1
 
     def kick(self):
         self.kicks += 1

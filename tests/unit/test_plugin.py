@@ -84,7 +84,7 @@ def test_full_container_lifecycle():
         assert join["InterfaceName"] == {"SrcName": "shc" + EP[:12], "DstPrefix": "eth"}
         assert join["StaticRoutes"] == [{"Destination": "224.0.0.0/4", "RouteType": 1}]
         assert "Gateway" not in join
-        assert h.reconciler.syncs == 3, "create network, endpoint and join each wait for the kernel"
+        assert h.reconciler.waits == 3, "create network, endpoint and join each wait for the kernel"
         status, info = await h.call(c, "NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})
         assert status == 200 and info["Value"]["ip"] == "10.213.0.2"
         assert (await h.call(c, "NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP}))[0] == 200
