@@ -157,6 +157,7 @@ class RaftNode:
         self._settling = set()
         self._generation = 0
         self._tick_thread = None
+        self._rebuilding = False         # the old tick thread has ended on purpose; the new one is coming
         self._journal_slot = []
         self._build(peer_addrs)
 
@@ -258,6 +259,8 @@ class RaftNode:
 
     def health(self):
         """None while the tick thread is alive and ticking, else a Problem."""
+        if self._rebuilding:
+            return None
         if not self.sync.tick_thread_alive():
             return Problem("the Raft thread has stopped", fatal=True)
         silent = time.monotonic() - self._last_tick
@@ -433,16 +436,20 @@ class RaftNode:
     async def rebuild(self, members):
         """Drop this node's cluster and start again as a member of `members` (see join.py)."""
         self.caught_up.clear()
-        self.sync.destroy()
-        host, port = self.self_addr.rsplit(":", 1)
-        deadline = time.monotonic() + 15
-        # The old tick thread may still write the journal it is about to lose.
-        while self.sync.tick_thread_alive() or not port_is_free(host, int(port)):
-            if time.monotonic() > deadline:
-                raise ShoutdError("the Raft port %s stayed busy after leaving the old cluster" % self.self_addr)
-            await asyncio.sleep(0.1)  # the old node is stopping and releasing the port
-        journal.remove_files(*self._files)
-        self._build(members)
+        self._rebuilding = True
+        try:
+            self.sync.destroy()
+            host, port = self.self_addr.rsplit(":", 1)
+            deadline = time.monotonic() + 15
+            # The old tick thread may still write the journal it is about to lose.
+            while self.sync.tick_thread_alive() or not port_is_free(host, int(port)):
+                if time.monotonic() > deadline:
+                    raise ShoutdError("the Raft port %s stayed busy after leaving the old cluster" % self.self_addr)
+                await asyncio.sleep(0.1)  # the old node is stopping and releasing the port
+            journal.remove_files(*self._files)
+            self._build(members)
+        finally:
+            self._rebuilding = False
         self.loop.call_soon(self._status_moved)
 
     def _ensure_attached(self):

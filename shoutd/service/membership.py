@@ -2,12 +2,17 @@
 
 import ipaddress
 import logging
+import time
 
 from .. import checks
 from ..errors import CONFLICT, INVALID, NO_QUORUM, NOT_FOUND, UNAVAILABLE, ShoutdError
 from ..raft import ask_to_join
 
 log = logging.getLogger(__name__)
+
+# busctl and most D-Bus callers give up on a method after 25 s: answer before that, with our own error.
+CHANGE_BUDGET = 20.0
+JOIN_ASK_TIMEOUT = 5.0
 
 
 class Membership:
@@ -32,8 +37,9 @@ class Membership:
             raise ShoutdError("%s is already a member of the cluster" % addr, CONFLICT, "AlreadyMember")
         members = sorted(set(st.nodes) | {addr})
         raft = self.cluster.raft
-        await ask_to_join(raft.secret, addr, members)
-        await raft.change_membership("add", addr)
+        began = time.monotonic()
+        await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
+        await raft.change_membership("add", addr, timeout=CHANGE_BUDGET - (time.monotonic() - began))
         log.info("peer %s added to the cluster; members now %s", addr, ", ".join(members))
         return addr
 
@@ -44,7 +50,7 @@ class Membership:
             raise ShoutdError("%s is this host; run RemovePeer on another member" % addr, INVALID, "InvalidAddress")
         if addr not in st.nodes:
             raise ShoutdError("%s is not a member of the cluster" % addr, NOT_FOUND, "NotMember")
-        await self.cluster.raft.change_membership("rem", addr)
+        await self.cluster.raft.change_membership("rem", addr, timeout=CHANGE_BUDGET)
         if addr in self.cluster.state().members:
             await self.cluster.submit(op="member_remove", node=addr)
         log.info("peer %s removed from the cluster", addr)

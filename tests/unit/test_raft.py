@@ -443,3 +443,28 @@ def test_a_message_that_checked_nothing_cannot_raise_the_commit_index():
     for message in (last_chunk, checked):
         transport_module._raft_fixes(sync, handle, "l", message)
         assert seen[-1]["commit_index"] == 90
+
+
+def test_a_rebuild_for_addpeer_is_not_mistaken_for_a_dead_raft_thread(tmp_path, monkeypatch):
+    """The old tick thread ends on purpose before the new one starts: the watchdog must not stop the daemon."""
+    (port,) = free_ports(1)
+    addr = "127.0.0.1:%d" % port
+    node = RaftNode(addr, [], SECRET, journal_file=str(tmp_path / "j"), dump_file=str(tmp_path / "d"))
+    seen = []
+    removing = node_module.journal.remove_files
+
+    def remove_files(*paths):
+        seen.append((node.sync.tick_thread_alive(), node.health()))   # between the two threads
+        removing(*paths)
+    monkeypatch.setattr(node_module.journal, "remove_files", remove_files)
+
+    async def main():
+        node.attach(asyncio.get_running_loop())
+        await until(lambda: node.status.replayed)
+        await node.rebuild([addr])
+        await until(lambda: node.sync.tick_thread_alive() and node.health() is None, what="the new tick thread")
+    try:
+        asyncio.run(main())
+    finally:
+        node.destroy()
+    assert seen == [(False, None)]
