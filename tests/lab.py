@@ -10,6 +10,7 @@ Used by the end-to-end tests, the benchmark and the demo:
     python3 tests/lab.py demo      # three hosts, the iperf multicast demo
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from support import iperf_listening, iperf_summary, sh, wait_for
 
@@ -24,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "shoutd-lab"
 IMAGE_CACHE = "/var/tmp/shoutd-lab-image-2.tar"     # bump when the image's contents change
 TOOLS = ["iperf", "arping", "tcpdump"]
+LOCK_WAIT = 1800         # seconds to wait for another lab of the same name (another test run) to finish
 
 
 def docker_binary():
@@ -206,8 +209,26 @@ class Lab:
         self.secret = os.path.join(self.base, "secret")
         self.underlay = prefix + "-ul0"
         self.hosts = [Host(self, n) for n in range(1, hosts + 1)]
+        self._lock = None
+
+    def _take_name(self):
+        """Namespaces and links are machine-wide: a second test run on this machine waits its turn."""
+        os.makedirs("/run/lock", exist_ok=True)
+        self._lock = open("/run/lock/shoutd-lab-%s.lock" % self.prefix, "w")
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("another lab named %r stayed up for %ds (another test run on this "
+                                       "machine?); stop it, or wait" % (self.prefix, LOCK_WAIT)) from None
+                time.sleep(1)           # the other run holds the lock until its lab is down
 
     def up(self, image_cache=IMAGE_CACHE):
+        if self._lock is None:
+            self._take_name()
         self.down_network()
         os.makedirs(self.base, exist_ok=True)
         sh("ip link add %s type bridge" % self.underlay)
@@ -254,6 +275,8 @@ class Lab:
             # A process left in the namespace (an iperf daemon) would keep it alive.
             sh("ip netns pids %s | xargs -r kill -9" % name, check=False)
             sh("ip netns del %s" % name, check=False)
+            # The root leg goes with the namespace, but only once the kernel's cleanup has run.
+            sh("ip link del %s-ul" % name, check=False)
         sh("ip link del %s" % self.underlay, check=False)
 
     def down(self):
@@ -278,6 +301,9 @@ class Lab:
         self.down_network()
         sh("iptables -D FORWARD -i %s -o %s -j ACCEPT" % (self.underlay, self.underlay), check=False)
         shutil.rmtree(self.base, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()          # closing releases the flock
+            self._lock = None
 
 
 def demo():
