@@ -25,6 +25,12 @@ _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MAX_OPTIONS = 64
 MAX_OPTION_LENGTH = 4096
+# Multicast modes of a network (`docker network create --opt multicast=...`).
+PRUNED, FLOOD = "pruned", "flood"
+MULTICAST_MODES = (PRUNED, FLOOD)
+# Groups one host may report for one network: bounds the replicated state.
+MAX_GROUPS = 1024
+LINK_LOCAL_V4 = ipaddress.IPv4Network("224.0.0.0/24")
 
 
 def _fail(message):
@@ -131,6 +137,40 @@ def identity(value):
     out["options"] = options(value.get("options"), "driver options")
     out["ipam_options"] = options(value.get("ipam_options"), "IPAM options")
     return out
+
+
+def multicast_mode(value):
+    if value not in MULTICAST_MODES:
+        _fail("multicast=%s is not a multicast mode; use --opt multicast=pruned (send each group only to "
+              "the hosts that listen) or --opt multicast=flood (send all multicast to every host)" % _short(value))
+    return value
+
+
+def multicast_group(value):
+    """A group address as the bridge reports it; IPv4 link-local groups always flood, so never come here."""
+    try:
+        group = ipaddress.ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        group = None
+    if group is None or not group.is_multicast:
+        _fail("%s is not a multicast group address" % _short(value))
+    if group.version == 4 and group in LINK_LOCAL_V4:
+        _fail("%s is a link-local group (224.0.0.0/24), which always goes to every host" % group)
+    return str(group)
+
+
+def multicast_groups(value):
+    """A host's groups on one network: a sorted list without repeats."""
+    if not isinstance(value, (list, tuple)):
+        _fail("groups must be a list of multicast addresses")
+    if len(value) > MAX_GROUPS:
+        _fail("%d groups reported; at most %d per host and network are tracked" % (len(value), MAX_GROUPS))
+    return sorted({multicast_group(g) for g in value}, key=group_order)
+
+
+def group_order(group):
+    address = ipaddress.ip_address(group)
+    return address.version, address.packed
 
 
 def member_address(value, default_port, what="member address"):

@@ -30,7 +30,7 @@ import hashlib
 import ipaddress
 import json
 import logging
-from typing import Dict, TypedDict
+from typing import Dict, List, TypedDict
 
 from . import checks
 from .errors import CONFLICT, INTERNAL, INVALID, NOT_FOUND, UNAVAILABLE, ShoutdError
@@ -71,6 +71,8 @@ class Network(TypedDict):
     identity: Dict[str, object]     # labels, internal, attachable, driver and IPAM options, as the
                                     # creating host's Docker holds them (checks.identity)
     endpoints: Dict[str, str]       # index: ip -> endpoint id
+    multicast: str                  # "pruned" or "flood" (checks.MULTICAST_MODES); None until created
+    listeners: Dict[str, List[str]] # member -> the groups its containers listen to (pruned networks)
 
 
 class Endpoint(TypedDict):
@@ -85,16 +87,17 @@ class Endpoint(TypedDict):
 
 # What each successful op may have changed: followers of the state (kernel,
 # Docker, D-Bus) look only at the parts that did.
-MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS = "members", "networks", "addresses", "endpoints"
+MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS, GROUPS = "members", "networks", "addresses", "endpoints", "groups"
 _TOUCHES = {
-    "member_up": {MEMBERS}, "member_remove": {MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS},
+    "member_up": {MEMBERS}, "member_remove": {MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS, GROUPS},
     "network_reserve": {NETWORKS}, "network_bind": {NETWORKS}, "network_name": {NETWORKS},
     "network_gateway": {NETWORKS}, "network_release": {NETWORKS}, "network_delete": {NETWORKS},
     "ip_allocate": {ADDRESSES}, "ip_release": {ADDRESSES},
     "endpoint_add": {ENDPOINTS, ADDRESSES}, "endpoint_remove": {ENDPOINTS, ADDRESSES},
     "withdraw": {NETWORKS, ADDRESSES, ENDPOINTS},
+    "groups_set": {GROUPS}, "groups_withdraw": {GROUPS},
 }
-EVERYTHING = frozenset({MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS})
+EVERYTHING = frozenset({MEMBERS, NETWORKS, ADDRESSES, ENDPOINTS, GROUPS})
 
 
 def empty():
@@ -114,6 +117,8 @@ def normalize(data):
     for net in data["networks"].values():
         net.setdefault("options", {})
         net.setdefault("identity", {})
+        net.setdefault("multicast", checks.FLOOD)     # made before pruning existed: it flooded
+        net.setdefault("listeners", {})
         net["endpoints"] = {}
     for ep in data["endpoints"].values():
         ep.setdefault("req", "")
@@ -126,7 +131,11 @@ def normalize(data):
 def summary(net):
     """A network's identity, as a fresh dict: safe to hand to another thread."""
     return {"id": net["id"], "name": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
-            "vni": net["vni"]}
+            "vni": net["vni"], "multicast": net["multicast"]}
+
+
+def pruned(net):
+    return net["multicast"] == checks.PRUNED
 
 
 def _reject(message, kind=INVALID):
@@ -269,6 +278,7 @@ class ClusterState:
             self._drop_endpoint(ep)
         for net in self.networks.values():
             net["bindings"].pop(node, None)
+            net["listeners"].pop(node, None)
             for ip in [ip for ip, a in net["addresses"].items() if a["node"] == node]:
                 del net["addresses"][ip]
         return node
@@ -301,7 +311,7 @@ class ClusterState:
         net = {"id": req, "name": None, "subnet": str(subnet), "gateway": gateway,
                "vni": self._free_vni(), "creator": node, "bindings": {},
                "addresses": {}, "next": 0, "options": checks.options(op.get("options")), "identity": {},
-               "endpoints": {}}
+               "endpoints": {}, "multicast": None, "listeners": {}}
         self.networks[req] = net
         return summary(net)
 
@@ -315,6 +325,7 @@ class ClusterState:
         net = self._network(op["network"])
         node, docker_id = op["node"], checks.docker_id(op["docker_id"], "Docker network id")
         options = checks.options(op.get("options"))
+        mode = checks.multicast_mode(options.get("multicast", checks.PRUNED))
         other = self.network_by_docker_id(node, docker_id)
         if other is not None and other["id"] != net["id"]:
             _reject("Docker network %s on %s is already bound to shoutd network %s"
@@ -325,6 +336,8 @@ class ClusterState:
                     % (net["subnet"], self.network_label(net), self.member_label(node), bound[:12]), CONFLICT)
         net["bindings"][node] = docker_id
         net["options"].update(options)
+        if net["multicast"] is None:         # the creating host decides; copies carry the same option
+            net["multicast"] = mode
         return summary(net)
 
     def _op_network_name(self, op):
@@ -465,6 +478,36 @@ class ClusterState:
 
     def _op_barrier(self, op):
         return None
+
+    # multicast listeners (see multicast.py)
+
+    def _op_groups_set(self, op):
+        """A host's current groups, per pruned network: each list replaces what it reported before."""
+        node = op["node"]
+        if node not in self.members:
+            _reject("%s is not a member of the cluster" % node, NOT_FOUND)
+        sets = op["groups"]
+        if not isinstance(sets, dict):
+            _reject("groups must map network ids to lists of groups")
+        checked = {net_id: checks.multicast_groups(groups) for net_id, groups in sets.items()}
+        changed = 0
+        for net_id, groups in checked.items():
+            net = self.networks.get(net_id)
+            if net is None or not pruned(net):
+                continue                     # removed meanwhile, or it floods anyway
+            if net["listeners"].get(node, []) == groups:
+                continue
+            if groups:
+                net["listeners"][node] = groups
+            else:
+                del net["listeners"][node]
+            changed += 1
+        return changed
+
+    def _op_groups_withdraw(self, op):
+        """A member that stopped answering (`node`, the leader, saw it): forget its groups until it reports again."""
+        member = op["member"]
+        return sum(net["listeners"].pop(member, None) is not None for net in self.networks.values())
 
     # withdrawing a request that did not commit in time
 

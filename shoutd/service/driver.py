@@ -52,11 +52,13 @@ class NetworkDriver:
         if net is None:
             raise ShoutdError("no shoutd pool %s: was it released meanwhile? Try again." % pool, NOT_FOUND)
         generic = checks.options((options or {}).get("com.docker.network.generic"), "driver options")
+        asked = checks.multicast_mode(generic.get("multicast", checks.PRUNED))
+        mode = net["multicast"] or asked     # the first binding (the creating host) decides; copies ask the same
         await self.cluster.submit(op="network_bind", network=net["id"], docker_id=docker_id,
                                   options={k: v for k, v in generic.items() if k != NETWORK_OPTION},
                                   replace=self.cluster.replica_of(pool) == net["id"])
-        log.info("Docker network %s bound to shoutd network %s (%s, VNI %d)",
-                 docker_id[:12], net["name"] or net["id"], net["subnet"], net["vni"])
+        log.info("Docker network %s bound to shoutd network %s (%s, VNI %d, multicast %s)",
+                 docker_id[:12], net["name"] or net["id"], net["subnet"], net["vni"], mode)
         await self.reconciler.reconcile()
         self.on_network_changed(docker_id)
 

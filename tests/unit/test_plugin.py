@@ -331,6 +331,23 @@ def test_the_mirror_s_copy_gets_the_cluster_pool_and_a_second_network_on_one_sub
     run(t)
 
 
+def test_a_bad_multicast_mode_is_refused_before_raft_and_a_good_one_recorded():
+    async def t(h, c):
+        _, pool = await h.call(c, "IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": "", "Options": {},
+                                                             "V6": False})
+        before = len(h.raft.ops)
+        body = {"NetworkID": NET, "Options": {"com.docker.network.generic": {"multicast": "some"}},
+                "IPv4Data": [{"AddressSpace": "shoutd", "Pool": pool["Pool"]}]}
+        status, reply = await h.call(c, "NetworkDriver.CreateNetwork", body)
+        assert status == 400 and "--opt multicast=pruned" in reply["Err"], reply
+        assert len(h.raft.ops) == before, "nothing reached Raft"
+        body["Options"]["com.docker.network.generic"]["multicast"] = "flood"
+        status, reply = await h.call(c, "NetworkDriver.CreateNetwork", body)
+        assert status == 200, reply
+        assert h.raft.state.networks[pool["PoolID"]]["multicast"] == "flood"
+    run(t)
+
+
 def test_a_pool_another_host_made_a_moment_ago_is_found_not_refused():
     """A follower applies a commit only when the leader next says so: one no-op proves what is committed."""
     async def t(h, c):

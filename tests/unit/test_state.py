@@ -292,11 +292,12 @@ def test_a_snapshot_from_an_older_shoutd_is_brought_up_to_date():
     old = copy.deepcopy(cs.data)
     del old["requests"], old["log"]
     for n in old["networks"].values():
-        del n["endpoints"]
+        del n["endpoints"], n["multicast"], n["listeners"]
     for e in old["endpoints"].values():
         del e["req"]
     again = ClusterState(pickle.loads(pickle.dumps(old)))
     assert again.endpoints_of(net["id"])[0]["id"] == E1
+    assert again.networks[net["id"]]["multicast"] == "flood", "made before pruning: it keeps flooding"
     assert "already used by endpoint" in refused(again, "conflict", op="endpoint_add", network=net["id"], node="a",
                                                  endpoint=E2, ip=ip, mac=MAC)
 
@@ -340,3 +341,57 @@ def test_one_host_binds_a_subnet_once_unless_the_mirror_replaces_its_copy():
     assert "already shoutd network web" in msg and "another --subnet" in msg
     ok(cs, op="network_bind", network=net["id"], node="a", docker_id=docker_id("second"), replace=True)
     assert cs.networks[net["id"]]["bindings"]["a"] == docker_id("second")
+
+
+def test_a_network_prunes_by_default_and_its_creator_s_option_decides():
+    cs = cluster("a", "b")
+    assert cs.networks[network(cs, req="p1")["id"]]["multicast"] == "pruned"
+    net = ok(cs, op="network_reserve", req="f1", node="a", **POOL)
+    bound = ok(cs, op="network_bind", network=net["id"], node="a", docker_id=docker_id("f1-a"),
+               options={"multicast": "flood"})
+    assert bound["multicast"] == "flood"
+    # A copy on another host does not change it.
+    ok(cs, op="network_bind", network=net["id"], node="b", docker_id=docker_id("f1-b"))
+    assert cs.networks[net["id"]]["multicast"] == "flood"
+    net = ok(cs, op="network_reserve", req="x1", node="a", **POOL)
+    err = refused(cs, "invalid", op="network_bind", network=net["id"], node="a", docker_id=docker_id("x1-a"),
+                  options={"multicast": "sometimes"})
+    assert "multicast=pruned" in err and "multicast=flood" in err
+
+
+def test_groups_replace_per_host_and_network_and_go_with_the_host():
+    cs = cluster("a", "b")
+    net, flood = network(cs, req="p1"), ok(cs, op="network_reserve", req="f1", node="a", **POOL)
+    ok(cs, op="network_bind", network=flood["id"], node="a", docker_id=docker_id("f1-a"),
+       options={"multicast": "flood"})
+    assert ok(cs, op="groups_set", node="a", groups={net["id"]: ["239.1.1.2", "239.1.1.1", "239.1.1.1"],
+                                                     flood["id"]: ["239.9.9.9"], "gone": ["239.1.1.1"]}) == 1
+    assert cs.networks[net["id"]]["listeners"] == {"a": ["239.1.1.1", "239.1.1.2"]}
+    assert cs.networks[flood["id"]]["listeners"] == {}, "a flooding network keeps no listeners"
+    ok(cs, op="groups_set", node="b", groups={net["id"]: ["239.1.1.1", "ff05::1:3"]})
+    assert ok(cs, op="groups_set", node="b", groups={net["id"]: ["239.1.1.1", "ff05::1:3"]}) == 0, "a repeat"
+    ok(cs, op="groups_set", node="a", groups={net["id"]: ["239.1.1.2"]})
+    assert cs.networks[net["id"]]["listeners"] == {"a": ["239.1.1.2"], "b": ["239.1.1.1", "ff05::1:3"]}
+    ok(cs, op="groups_set", node="a", groups={net["id"]: []})
+    assert cs.networks[net["id"]]["listeners"] == {"b": ["239.1.1.1", "ff05::1:3"]}
+    assert ok(cs, op="groups_withdraw", node="a", member="b") == 1
+    assert cs.networks[net["id"]]["listeners"] == {}
+    ok(cs, op="groups_set", node="b", groups={net["id"]: ["239.1.1.1"]})
+    ok(cs, op="member_remove", node="b")
+    assert cs.networks[net["id"]]["listeners"] == {}, "a removed host's groups go with it"
+
+
+@pytest.mark.parametrize("groups,words", [
+    (["10.0.0.1"], "not a multicast group"), (["224.0.0.251"], "link-local"), (["banana"], "not a multicast"),
+    ("239.1.1.1", "must be a list"), (["239.0.%d.%d" % (i // 250, i % 250) for i in range(1100)], "at most 1024")])
+def test_bad_groups_are_refused_and_change_nothing(groups, words):
+    cs = cluster("a")
+    net = network(cs)
+    err = refused(cs, "invalid", op="groups_set", node="a", groups={net["id"]: groups})
+    assert words in err, err
+
+
+def test_groups_of_a_stranger_are_refused():
+    cs = cluster("a")
+    net = network(cs)
+    refused(cs, "not_found", op="groups_set", node="z", groups={net["id"]: ["239.1.1.1"]})
