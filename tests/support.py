@@ -94,3 +94,57 @@ def iperf_summary(report, seconds):
 
 def iperf_listening(report):
     return "listening" in report
+
+
+class Capture:
+    """tcpdump (argv ends with its filter), read line by line as it prints; started once it listens."""
+
+    def __init__(self, argv):
+        import threading
+        self.lines = []
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = ""
+        while "listening on" not in said:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise AssertionError("tcpdump ended before it listened: %s" % said)
+            said += line
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
+                                        daemon=True)
+        self._reader.start()
+
+    def count(self, address):
+        """Packets (inner ones too, for VXLAN) sent to `address`."""
+        return sum(1 for line in list(self.lines) if "> %s." % address in line or "> %s:" % address in line)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        return "".join(self.lines)
+
+
+_JOIN = """
+import socket, sys, time
+held = []
+for group in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group) + socket.inet_aton(sys.argv[1]))
+    held.append(s)
+print("joined", flush=True)
+time.sleep(3600)
+"""
+
+
+def join_groups(netns, local_ip, *groups, igmp=3):
+    """A process in `netns` that joins `groups` on the interface with `local_ip` and stays (kill it to leave)."""
+    import sys
+    if igmp == 2:
+        sh("ip netns exec %s sysctl -qw net.ipv4.conf.all.force_igmp_version=2" % netns)
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _JOIN, local_ip] + list(groups),
+                            stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "joined":
+        proc.kill()
+        raise AssertionError("could not join %s in %s" % (", ".join(groups), netns))
+    return proc

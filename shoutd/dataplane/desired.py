@@ -10,15 +10,29 @@ The scheme, per shoutd network with VNI V:
              head-end replication over a full mesh, so no host relays for others)
         FDB: <remote container MAC> -> the VTEP of its host    (unicast goes straight there)
 
+A pruned network (the default; see multicast.py) sends a routable multicast
+group only to the hosts whose containers listen to it:
+
+    bridge shb<V>: IGMP/MLD snooping and querier on, so it knows this host's
+        listeners and sends a group only to their veths; the VXLAN port is no
+        multicast router port, so a group leaves the host only through
+    bridge MDB: <group> -> port shx<V>, permanent     (some other host listens)
+    VXLAN MDB:  <group> -> the VTEP of each host that listens
+        (a group nobody listens to, link-local groups and broadcast still use
+        the all-zero FDB entries: they reach every host, as before)
+
 Every host holds every network's bridge and VXLAN, so a network is usable the
 moment it appears; only the veths are per host.  Names carry the VNI and the
 endpoint id, so the reconciler can tell its own objects from anyone else's by
 prefix alone.
 """
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
+from ..checks import LINK_LOCAL_V4
+from ..state import pruned
 from .netlink import ZERO_MAC
 
 BRIDGE_PREFIX = "shb"
@@ -50,6 +64,18 @@ class NetworkSpec:
     bridge: str
     vxlan: str
     fdb: frozenset
+    snooping: bool = False           # pruned: the bridge learns this host's listeners
+    bridge_mdb: frozenset = frozenset()   # groups some other host listens to: out through the VXLAN port
+    vxlan_mdb: frozenset = frozenset()    # (group, VTEP) for each other host that listens to a routed group
+
+
+def routed(group):
+    """True for groups the VXLAN MDB serves; it floods link-local ones (as the kernel does)."""
+    address = ipaddress.ip_address(group)
+    if address.version == 6:
+        return address.packed[1] & 0x0F > 2         # the scope: 1 interface-, 2 link-local
+    return address not in LINK_LOCAL_V4
+
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,17 @@ def desired(state, node):
             host, peer = veth_names(ep["id"])
             endpoints.append(EndpointSpec(ep["id"], net["id"], bridge_name(net["vni"]), host, peer,
                                           ep["mac"], "%s endpoint %s %s" % (label, ep["id"][:12], ep["ip"])))
-        networks.append(NetworkSpec(net["id"], label, net["vni"], bridge_name(net["vni"]),
-                                    vxlan_name(net["vni"]), frozenset(fdb)))
+        spec = NetworkSpec(net["id"], label, net["vni"], bridge_name(net["vni"]), vxlan_name(net["vni"]),
+                           frozenset(fdb))
+        if pruned(net):
+            spec = _with_listeners(spec, net, node, vteps)
+        networks.append(spec)
     return networks, sorted(endpoints, key=lambda e: e.host)
+
+
+def _with_listeners(spec, net, node, vteps):
+    remote = [(group, vteps[member]) for member, groups in net["listeners"].items()
+              if member != node and member in vteps for group in groups]
+    return NetworkSpec(spec.id, spec.label, spec.vni, spec.bridge, spec.vxlan, spec.fdb, snooping=True,
+                       bridge_mdb=frozenset(g for g, _ in remote),
+                       vxlan_mdb=frozenset((g, vtep) for g, vtep in remote if routed(g)))

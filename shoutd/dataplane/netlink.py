@@ -12,11 +12,13 @@ worker thread (see worker.py): pyroute2 must not run on the asyncio loop.
 
 import errno
 import logging
+import os
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import INTERNAL, ShoutdError
+from .mdb import MdbError, MdbSocket
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,37 @@ class NetlinkFailure(ShoutdError):
         text = errno.errorcode.get(code, str(code)) if code else str(err)
         super().__init__("cannot %s %s: %s (%s)" % (action, obj, getattr(err, "args", [err])[-1], text), INTERNAL)
         self.code = code
+
+
+# A pruned network's bridge is the IGMP querier for its host's containers.  It
+# has no IPv6 address, so it is no MLD querier, and without one the bridge
+# floods IPv6 multicast as a flooding network does: only IPv4 groups are
+# pruned (shoutd networks are IPv4).  Times in centiseconds (the kernel's clock_t).  A query every 30 s (not 125)
+# bounds how long a listener that vanished without a leave is still served:
+# membership interval = robustness 2 x 30 s + 10 s response = 70 s.  A leave
+# is acted on after 2 group queries 1 s apart (the kernel's defaults).
+SNOOPING = {"IFLA_BR_MCAST_SNOOPING": 1, "IFLA_BR_MCAST_QUERIER": 1, "IFLA_BR_MCAST_IGMP_VERSION": 3,
+            "IFLA_BR_MCAST_MLD_VERSION": 2, "IFLA_BR_MCAST_QUERY_INTVL": 3000,
+            "IFLA_BR_MCAST_STARTUP_QUERY_INTVL": 750, "IFLA_BR_MCAST_MEMBERSHIP_INTVL": 7000,
+            "IFLA_BR_MCAST_QUERIER_INTVL": 6500}
+NO_SNOOPING = {"IFLA_BR_MCAST_SNOOPING": 0}
+# Not a multicast router port: a group leaves the host only where the bridge MDB says so.
+NOT_A_ROUTER_PORT = 0
+
+
+def vxlan_mdb_supported(release=None):
+    """The VXLAN device has its own MDB from Linux 6.4; older kernels flood every group."""
+    release = release or os.uname().release
+    try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (6, 4)
+
+
+def _nla_kwarg(name):
+    """IFLA_BR_MCAST_QUERIER -> br_mcast_querier, as pyroute2 names its keywords."""
+    return name[len("IFLA_"):].lower()
 
 
 _VXLAN_ATTR_NAMES = {"IFLA_VXLAN_ID": "the VNI", "IFLA_VXLAN_LOCAL": "the local address",
@@ -48,9 +81,12 @@ class Netlink:
 
     def __init__(self):
         self.ipr = IPRoute()
+        self._mdb = None
 
     def close(self):
         self.ipr.close()
+        if self._mdb is not None:
+            self._mdb.close()
 
     def _do(self, action, obj, fn, *args, **kwargs):
         try:
@@ -106,23 +142,56 @@ class Netlink:
 
     # -- ensuring --------------------------------------------------------
 
-    def ensure_bridge(self, name, mtu, alias):
+    def ensure_bridge(self, name, mtu, alias, snooping=False):
+        """A flooding network's bridge snoops nothing (a hub); a pruned one's snoops and queries."""
+        want = SNOOPING if snooping else NO_SNOOPING
         link = self.link(name)
         if link is not None and _info(link)[0] != "bridge":
             self.delete(name)
             link = None
         if link is None:
             log.info("creating bridge %s (%s)", name, alias)
-            # No IGMP snooping: with no querier on the segment it would prune
-            # groups after a few minutes.  Flooding is what a hub-like L2 needs.
             self._do("create", "bridge " + name, self.ipr.link, "add", ifname=name, kind="bridge",
-                     br_mcast_snooping=0, br_stp_state=0, mtu=mtu)
+                     br_stp_state=0, mtu=mtu, **{_nla_kwarg(k): v for k, v in want.items()})
             link = self.link(name)
-        if _info(link)[1].get_attr("IFLA_BR_MCAST_SNOOPING") != 0:
+        data = _info(link)[1]
+        differs = {k: v for k, v in want.items() if data.get_attr(k) != v}
+        if differs:
+            log.info("%s: setting %s (%s)", name, ", ".join("%s %s" % (_nla_kwarg(k), v) for k, v in differs.items()),
+                     alias)
             self._do("configure", "bridge " + name, self.ipr.link, "set", index=link["index"],
-                     kind="bridge", br_mcast_snooping=0)
+                     kind="bridge", **{_nla_kwarg(k): v for k, v in differs.items()})
+        if snooping:
+            self._without_ipv6(name)
         self._set(link, name, mtu=mtu, ifalias=alias, state="up")
         return link["index"]
+
+    def _without_ipv6(self, name):
+        """No IPv6 address on a pruned network's bridge (see SNOOPING).
+
+        /proc/sys/net shows the network namespace of the thread that opens it: this worker's.
+        """
+        path = "/proc/sys/net/ipv6/conf/%s/disable_ipv6" % name
+        try:
+            with open(path) as f:
+                if f.read().strip() == "1":
+                    return
+            with open(path, "w") as f:
+                f.write("1")
+        except FileNotFoundError:
+            return                       # IPv6 is off in this kernel or namespace altogether
+        except OSError as e:
+            raise NetlinkFailure("turn off IPv6 on", "bridge " + name, e) from None
+        log.info("%s: IPv6 off (not an MLD querier: IPv6 multicast floods)", name)
+
+    def ensure_not_router_port(self, name):
+        """The VXLAN port of a pruned network's bridge: never a multicast router port."""
+        link = self.link(name)
+        slave = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_SLAVE_DATA")
+        if slave is None or slave.get_attr("IFLA_BRPORT_MULTICAST_ROUTER") != NOT_A_ROUTER_PORT:
+            log.info("%s: no multicast router port (groups leave only where the MDB says)", name)
+            self._do("configure", "bridge port " + name, self.ipr.brport, "set", index=link["index"],
+                     multicast_router=NOT_A_ROUTER_PORT)
 
     def ensure_vxlan(self, name, vni, local, port, underlay_index, mtu, bridge_index, alias):
         link = self.link(name)
@@ -187,6 +256,63 @@ class Netlink:
             link = self.link(host)
         self._set(link, host, mtu=mtu, master=bridge_index, ifalias=alias, state="up")
         return link["index"]
+
+    # -- multicast databases (pruned networks, see desired.py) -------------
+
+    def _mdb_entries(self):
+        if self._mdb is None:
+            self._mdb = MdbSocket()
+        try:
+            return self._mdb.entries()
+        except MdbError as e:
+            raise NetlinkFailure("dump", "the multicast databases", e) from None
+
+    def _mdb_change(self, action, obj, fn, *args):
+        try:
+            fn(*args)
+        except MdbError as e:
+            raise NetlinkFailure(action, obj, e) from None
+
+    def local_groups(self, bridges):
+        """{bridge: {group}}: the groups this host's containers listen to, as each bridge's snooping learned.
+
+        `bridges` maps a bridge to its VXLAN device; entries on the bridge
+        itself (the host's own) and on the VXLAN port (ours) are not a container's.
+        """
+        index = {name: (self.index(name), self.index(vxlan)) for name, vxlan in bridges.items()}
+        by_index = {br: name for name, (br, _) in index.items() if br is not None}
+        out = {name: set() for name in bridges}
+        for e in self._mdb_entries():
+            name = by_index.get(e.device)
+            if name is not None and e.port not in index[name]:
+                out[name].add(e.group)
+        return out
+
+    def ensure_bridge_mdb(self, bridge, vxlan, groups):
+        """Exactly `groups` go out of the VXLAN port, whatever this host's own listeners."""
+        br, vx = self.index(bridge), self.index(vxlan)
+        have = {e.group for e in self._mdb_entries() if e.device == br and e.port == vx and e.permanent}
+        for group in sorted(groups - have):
+            log.info("%s: group %s out through %s (another host listens)", bridge, group, vxlan)
+            self._mdb_change("add", "MDB entry %s port %s on %s" % (group, vxlan, bridge), self._mdb.add,
+                             br, vx, group)
+        for group in sorted(have - groups):
+            log.info("%s: group %s no longer out through %s (no other host listens)", bridge, group, vxlan)
+            self._mdb_change("remove", "MDB entry %s port %s on %s" % (group, vxlan, bridge), self._mdb.delete,
+                             br, vx, group)
+
+    def ensure_vxlan_mdb(self, vxlan, wanted):
+        """The VXLAN device's MDB is exactly `wanted` {(group, VTEP)}."""
+        vx = self.index(vxlan)
+        have = {(e.group, e.dst) for e in self._mdb_entries() if e.device == vx and e.dst is not None}
+        for group, dst in sorted(wanted - have):
+            log.info("%s: group %s -> VTEP %s", vxlan, group, dst)
+            self._mdb_change("add", "VXLAN MDB entry %s dst %s on %s" % (group, dst, vxlan), self._mdb.add,
+                             vx, vx, group, dst)
+        for group, dst in sorted(have - wanted):
+            log.info("%s: group %s no longer -> VTEP %s", vxlan, group, dst)
+            self._mdb_change("remove", "VXLAN MDB entry %s dst %s on %s" % (group, dst, vxlan), self._mdb.delete,
+                             vx, vx, group, dst)
 
     def delete(self, name):
         try:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ..errors import INTERNAL, ShoutdError
 from ..kickloop import KickLoop
 from . import firewall
+from .fence import Fence
 from .desired import BRIDGE_PREFIX, HOST_VETH_PREFIX, OWNED, PEER_VETH_PREFIX, VXLAN_OVERHEAD, VXLAN_PREFIX, desired
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Underlay:
     port: int       # VXLAN UDP port
     index: int      # ifindex of the underlay interface
     mtu: int        # its MTU
+    vxlan_mdb: bool = True   # the kernel can send a group to chosen VTEPs only (Linux 6.4+)
 
     @property
     def overlay_mtu(self):
@@ -52,7 +54,7 @@ class Underlay:
 Waiter = namedtuple("Waiter", "generation future")   # a reconcile() call, served by a pass from `generation`
 
 
-def program(nl, networks, endpoints, underlay, previous=None):
+def program(nl, networks, endpoints, underlay, previous=None, fence=None):
     """Make the kernel match; runs on the netlink worker thread.
 
     With `previous`, the plan the kernel was last brought to, only what
@@ -69,10 +71,15 @@ def program(nl, networks, endpoints, underlay, previous=None):
             continue
         added = True
         alias = "shoutd " + net.label
-        bridges[net.bridge] = nl.ensure_bridge(net.bridge, mtu, alias)
+        bridges[net.bridge] = nl.ensure_bridge(net.bridge, mtu, alias, net.snooping)
         nl.ensure_vxlan(net.vxlan, net.vni, underlay.local, underlay.port, underlay.index, mtu,
                         bridges[net.bridge], alias)
         nl.ensure_fdb(net.vxlan, set(net.fdb))
+        if net.snooping:
+            nl.ensure_not_router_port(net.vxlan)
+            nl.ensure_bridge_mdb(net.bridge, net.vxlan, set(net.bridge_mdb))
+            if underlay.vxlan_mdb:
+                nl.ensure_vxlan_mdb(net.vxlan, set(net.vxlan_mdb))
         nl.ensure_up(net.vxlan)
     for ep in endpoints:
         if ep in before_eps:
@@ -98,12 +105,16 @@ def program(nl, networks, endpoints, underlay, previous=None):
     # boot), so look again whenever a container or network arrives here.
     if networks and added:
         firewall.ensure_forward_accept()
+    fenced = {net.vxlan for net in networks if net.snooping}
+    if fence is not None and (previous is None or fenced != {net.vxlan for net in before_nets if net.snooping}):
+        fence.ensure(fenced)
 
 
 class Reconciler(KickLoop):
-    def __init__(self, worker, node, underlay, view, interval=30.0):
+    def __init__(self, worker, node, underlay, view, interval=30.0, fence=None):
         super().__init__(interval, view.caught_up)
         self.worker = worker
+        self.fence = fence if fence is not None else Fence()
         self.node = node
         self.underlay = underlay
         self.view = view
@@ -146,7 +157,7 @@ class Reconciler(KickLoop):
         self._applied = None        # until this pass succeeds, the next one checks everything
         started = time.monotonic()
         try:
-            await self.worker.run(program, *plan, self.underlay, previous)
+            await self.worker.run(program, *plan, self.underlay, previous, self.fence)
         except ShoutdError as e:
             log.error("reconcile failed: %s", e)
             return e

@@ -11,12 +11,10 @@ import uuid
 
 import pytest
 
-from shoutd.dataplane.desired import desired
-from shoutd.dataplane.reconciler import Underlay, program
-from shoutd.dataplane.worker import Worker
 from shoutd.state import ClusterState
 
-from ..support import sh as run
+from . import netns
+from .netns import sh
 
 pytestmark = pytest.mark.kernel
 if os.geteuid() != 0:
@@ -25,25 +23,8 @@ if os.geteuid() != 0:
 ZERO = "00:00:00:00:00:00"
 
 
-def sh(cmd, check=True):
-    """A command's output (see support.sh)."""
-    return run(cmd, check=check).stdout
-
-
-class Host:
-    """A network namespace with an underlay address and a netlink worker inside it."""
-
-    def __init__(self, name, ip):
-        self.name, self.ip = name, ip
-        self.worker = Worker(netns="/run/netns/" + name)
-
-    def ip_json(self, args):
-        out = sh("ip -n %s -d -j %s" % (self.name, args))
-        return json.loads(out) if out.strip() else []
-
-    def link(self, name):
-        links = [l for l in self.ip_json("link show") if l["ifname"] == name]
-        return links[0] if links else None
+class Host(netns.Host):
+    """A kernel-test host that also reads FDBs and whole-link snapshots."""
 
     def fdb(self, dev):
         out = json.loads(sh("ip netns exec %s bridge -j fdb show dev %s" % (self.name, dev)) or "[]")
@@ -62,17 +43,6 @@ class Host:
                 for timer in [k for k in info if k.endswith("_timer")]:
                     info.pop(timer)
         return links, fdbs
-
-    def underlay(self):
-        index, _, mtu = self.worker.call(lambda nl: nl.underlay(self.ip))
-        return Underlay(self.ip, 4789, index, mtu)
-
-    def reconcile(self, state, node, previous=None):
-        """A pass as the daemon runs it; returns its plan, for a later change-only pass."""
-        nets, eps = desired(state, node)
-        underlay = self.underlay()
-        self.worker.call(lambda nl: program(nl, nets, eps, underlay, previous))
-        return nets, eps
 
 
 @pytest.fixture
