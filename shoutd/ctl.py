@@ -98,13 +98,27 @@ def show_members(st):
 
 
 def show_networks(st):
-    print(table([list(n) for n in st["Networks"]], ["NETWORK", "SUBNET", "VNI", "ENDPOINTS"]))
+    modes = {m[0]: m[1] for m in st.get("Multicast", [])}
+    print(table([list(n) + [modes.get(n[0] or n[1], "") or "-"] for n in st["Networks"]],
+                ["NETWORK", "SUBNET", "VNI", "ENDPOINTS", "MULTICAST"]))
+    groups = [[name, g, ", ".join(hosts)] for name, _, listened in st.get("Multicast", []) for g, hosts in listened]
+    if groups:
+        print()
+        print(table(groups, ["NETWORK", "GROUP", "LISTENING HOSTS"]))
+    if "KernelPrunes" in st and not st["KernelPrunes"] and any(m[1] == "pruned" for m in st.get("Multicast", [])):
+        print()
+        print("note: this host's kernel has no VXLAN multicast database (Linux 6.4 or later has): it sends\n"
+              "every group to every host; the other hosts still deliver only to containers that listen")
 
 
 def show_network(net):
     print("network  %s  (id %s)" % (net["Name"] or "-", net["Id"]))
     print("subnet   %s   gateway %s   VNI %d" % (net["Subnet"], net["Gateway"], net["VNI"]))
     print("hosts    %s" % (", ".join(net["Hosts"]) or "none"))
+    if "Multicast" in net:
+        print("multicast %s" % (net["Multicast"] or "-"))
+        for g, hosts in net.get("Groups", []):
+            print("  group %s: %s" % (g, ", ".join(hosts)))
     print()
     print(table([[a[0], a[2] or a[1], a[1], a[3][:12] or "-"] for a in net["Addresses"]],
                 ["ADDRESS", "HOST", "MEMBER", "ENDPOINT"]))
@@ -112,7 +126,8 @@ def show_network(net):
 
 def network_json(net):
     print(json.dumps({"name": net["Name"], "id": net["Id"], "subnet": net["Subnet"], "gateway": net["Gateway"],
-                      "vni": net["VNI"], "hosts": net["Hosts"],
+                      "vni": net["VNI"], "hosts": net["Hosts"], "multicast": net.get("Multicast"),
+                      "groups": {g: hosts for g, hosts in net.get("Groups", [])},
                       "addresses": [dict(zip(("address", "member", "hostname", "endpoint"), a))
                                     for a in net["Addresses"]]}, indent=2))
 
@@ -121,7 +136,11 @@ def as_json(st, part=None):
     out = {"self": st["Self"], "leader": st["Leader"], "term": st["Term"], "quorum": st["Quorum"],
            "ready": st["Ready"], "applied": st.get("Applied"), "digest": st.get("StateDigest"),
            "members": [dict(zip(("address", "vtep", "hostname", "state"), m)) for m in st["Members"]],
-           "networks": [dict(zip(("name", "subnet", "vni", "endpoints"), n)) for n in st["Networks"]]}
+           "networks": [dict(zip(("name", "subnet", "vni", "endpoints"), n)) for n in st["Networks"]],
+           "kernel_prunes": st.get("KernelPrunes")}
+    modes = {m[0]: (m[1], {g: hosts for g, hosts in m[2]}) for m in st.get("Multicast", [])}
+    for n in out["networks"]:
+        n["multicast"], n["groups"] = modes.get(n["name"] or n["subnet"], ("", {}))
     print(json.dumps(out[part] if part else out, indent=2))
 
 

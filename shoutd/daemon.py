@@ -3,8 +3,9 @@
 Threads, and why: the main thread builds PySyncObj (its tick thread lives only
 as long as the thread that built it) and then runs the asyncio loop that
 serves Docker; netlink runs on its own worker thread.  State changes reach
-the loop with call_soon_threadsafe and kick the two followers of the
-replicated state: the kernel reconciler and the Docker network mirror.
+the loop with call_soon_threadsafe and kick the followers of the replicated
+state: the kernel reconciler, the Docker network mirror, and the multicast
+listeners' reporter.
 """
 
 import asyncio
@@ -20,16 +21,18 @@ from aiohttp import web
 
 from . import config as configmod
 from . import dbus_api
+from .dataplane.netlink import vxlan_mdb_supported
 from .dataplane.reconciler import Reconciler, Underlay
 from .dataplane.worker import Worker
 from .docker.engine import Engine
 from .docker.mirror import Mirror
 from .docker.plugin import make_app
 from .errors import UNAVAILABLE, ShoutdError
+from .multicast import Listeners
 from .notify import Notifier
 from .raft import JOIN, JoinRequests, MemberFile, RaftNode, check_port_free, check_pysyncobj
 from .service import Service
-from .state import EVERYTHING, ENDPOINTS, MEMBERS, NETWORKS
+from .state import EVERYTHING, ENDPOINTS, GROUPS, MEMBERS, NETWORKS
 
 log = logging.getLogger("shoutd")
 
@@ -64,9 +67,13 @@ def find_underlay(worker, cfg, notifier, wait=60.0):
         time.sleep(1.0)  # at boot the network may still be coming up: look again
     cfg.advertise_address = address
     index, name, mtu = found
-    underlay = Underlay(cfg.advertise_address, cfg.vxlan_port, index, mtu)
+    underlay = Underlay(cfg.advertise_address, cfg.vxlan_port, index, mtu, vxlan_mdb_supported())
     log.info("underlay %s (MTU %d, containers get MTU %d), VTEP %s:%d", name, mtu, underlay.overlay_mtu,
              cfg.advertise_address, cfg.vxlan_port)
+    if not underlay.vxlan_mdb:
+        log.warning("kernel %s has no VXLAN multicast database (Linux 6.4 and later have one): this host sends "
+                    "every multicast group to every host; the others still deliver a group only to containers "
+                    "that listen", os.uname().release)
     return underlay
 
 
@@ -117,12 +124,15 @@ class Daemon:
         self.reconciler = Reconciler(worker, self.node, underlay, raft)
         self.engine = Engine(cfg.docker_socket)
         self.service = Service(raft, self.reconciler, self.node, cfg,
-                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5))
+                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5),
+                               kernel_prunes=underlay.vxlan_mdb)
         self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, raft,
                              self.service.cluster.making_replica)
+        self.listeners = Listeners(worker, self.node, raft, raft.submit)
         self.dbus = None
         self._change_pending = False
         self._followers_current = False
+        self._silent = ()
 
     def changed(self):
         """A state or status change: followers are told once per loop turn, however many came."""
@@ -139,10 +149,13 @@ class Daemon:
         if current and not self._followers_current:
             parts = set(EVERYTHING)         # the first look at a current state: everything is news
         self._followers_current = current
-        if parts & {MEMBERS, NETWORKS, ENDPOINTS}:
+        if parts & {MEMBERS, NETWORKS, ENDPOINTS, GROUPS}:
             self.reconciler.kick()
         if parts & {MEMBERS, NETWORKS}:
             self.mirror.kick()
+        if parts & {MEMBERS, NETWORKS, GROUPS} or status.silent != self._silent:
+            self.listeners.kick()
+        self._silent = status.silent
         self.notifier.status(status, current)
         if self.dbus is not None:
             self.dbus.refresh(parts)
@@ -197,6 +210,7 @@ class Daemon:
         await web.SockSite(runner, sock, shutdown_timeout=2.0).start()
         self.reconciler.start()
         self.mirror.start()
+        self.listeners.start()
         await self.connect_dbus()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
@@ -209,6 +223,7 @@ class Daemon:
             self.notifier.stopping()
             for task in tasks:
                 task.cancel()
+            await self.listeners.stop()
             await self.mirror.stop()
             await self.reconciler.stop()
             await runner.cleanup()

@@ -48,7 +48,13 @@ def status_variant(st):
             "Applied": Variant("t", int(st["applied"])), "StateDigest": Variant("s", st["digest"]),
             # The Raft log behind it: the entry known committed, and the last one applied.
             "CommitIndex": Variant("t", int(st["commit_index"] or 0)),
-            "LastApplied": Variant("t", int(st["last_applied"] or 0))}
+            "LastApplied": Variant("t", int(st["last_applied"] or 0)),
+            # Per network: its multicast mode and, when pruned, who listens to which group.
+            "Multicast": Variant("a(ssa(sas))", [[n["name"] or n["subnet"], n["multicast"],
+                                                  [[g, hosts] for g, hosts in n["groups"]]]
+                                                 for n in st["networks"]]),
+            # False on kernels before 6.4: this host sends every group to every host.
+            "KernelPrunes": Variant("b", st["kernel_prunes"])}
 
 
 class ShoutdInterface(ServiceInterface):
@@ -94,6 +100,8 @@ class ShoutdInterface(ServiceInterface):
         return {"Name": Variant("s", net["name"]), "Id": Variant("s", net["id"]),
                 "Subnet": Variant("s", net["subnet"]), "Gateway": Variant("s", net["gateway"]),
                 "VNI": Variant("u", net["vni"]), "Hosts": Variant("as", net["hosts"]),
+                "Multicast": Variant("s", net["multicast"]),
+                "Groups": Variant("a(sas)", [[g, hosts] for g, hosts in net["groups"]]),
                 "Addresses": Variant("a(ssss)", [[a["ip"], a["member"], a["host"], a["endpoint"]]
                                                  for a in net["addresses"]])}
 

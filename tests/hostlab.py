@@ -19,7 +19,7 @@ import sys
 import tempfile
 import uuid
 
-from .support import busctl_json, sh, wait_for
+from .support import busctl_json, docker_id, sh, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICY_DIR = os.path.join(ROOT, "dbus")
@@ -244,6 +244,26 @@ class Host:
     def rss_kib(self):
         with open("/proc/%d/status" % self.proc.pid) as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def container(world, host, pool_id, network_id, name):
+    """A 'container': an endpoint made through the plugin API, its veth moved into a namespace of its own.
+
+    Returns (namespace, address); the namespace goes with the world.
+    """
+    ep = docker_id(name)
+    addr = host.plugin("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": "", "Options": {}})["Address"]
+    host.plugin("NetworkDriver.CreateEndpoint", {"NetworkID": network_id, "EndpointID": ep,
+                                                 "Interface": {"Address": addr}})
+    src = host.plugin("NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": ep,
+                                             "SandboxKey": "/var/run/docker/netns/x"})["InterfaceName"]["SrcName"]
+    ns = "%s-%s" % (host.name, name)
+    world.extra_netns.append(ns)
+    sh("ip netns add " + ns)
+    sh("ip -n %s link set %s netns %s name eth0" % (host.name, src, ns))
+    sh("ip -n %s addr add %s dev eth0" % (ns, addr))
+    sh("ip -n %s link set eth0 up" % ns)
+    return ns, addr.split("/")[0]
 
 
 def attach_logs(report, hosts, keep=None):

@@ -16,10 +16,11 @@ log = logging.getLogger(__name__)
 
 
 class Cluster:
-    def __init__(self, raft, node, config):
+    def __init__(self, raft, node, config, kernel_prunes=True):
         self.raft = raft
         self.node = node
         self.config = config
+        self.kernel_prunes = kernel_prunes   # this kernel can send a group to chosen hosts (VXLAN MDB)
         self._replicas = {}          # subnet -> the cluster network whose copy the mirror is creating here
 
     def state(self):

@@ -66,13 +66,23 @@ class Membership:
             members.append({"address": addr, "vtep": rec.get("advertise", ""), "hostname": rec.get("hostname", ""),
                             "state": "leader" if addr == st.leader else conn})
         networks = [{"name": n["name"] or "", "subnet": n["subnet"], "vni": n["vni"], "id": n["id"],
-                     "endpoints": len(n["endpoints"]), "addresses": len(n["addresses"])}
+                     "endpoints": len(n["endpoints"]), "addresses": len(n["addresses"]),
+                     "multicast": n["multicast"] or "", "groups": self._groups(state, n)}
                     for n in sorted(state.networks.values(), key=lambda n: n["vni"])]
         applied, digest = state.applied
         return {"self": self.cluster.node, "leader": st.leader or "", "term": st.term,
                 "quorum": st.has_quorum, "ready": raft.caught_up.is_set() and st.has_quorum,
                 "members": members, "networks": networks, "applied": applied, "digest": digest,
-                "commit_index": st.commit_index, "last_applied": st.last_applied}
+                "commit_index": st.commit_index, "last_applied": st.last_applied,
+                "kernel_prunes": self.cluster.kernel_prunes}
+
+    def _groups(self, state, net):
+        """[(group, ["hostname (VTEP)"])] of a pruned network: who listens to what."""
+        by_group = {}
+        for member, groups in net["listeners"].items():
+            for g in groups:
+                by_group.setdefault(g, []).append(self.cluster.describe_member(member))
+        return [(g, sorted(by_group[g])) for g in sorted(by_group, key=checks.group_order)]
 
     def network(self, ident):
         """One network in full: which host holds which address (for `shoutdctl network`)."""
@@ -89,4 +99,5 @@ class Membership:
             addresses.append({"ip": ip, "host": rec.get("hostname", ""), "member": holder["node"],
                               "endpoint": net["endpoints"].get(ip, "")})
         return {"name": net["name"] or "", "id": net["id"], "subnet": net["subnet"], "gateway": net["gateway"],
-                "vni": net["vni"], "hosts": sorted(net["bindings"]), "addresses": addresses}
+                "vni": net["vni"], "hosts": sorted(net["bindings"]), "addresses": addresses,
+                "multicast": net["multicast"] or "", "groups": self._groups(state, net)}

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from ..hostlab import container
 from ..support import docker_id, sh, wait_for
 from .cluster import POOL, seed
 from .history import Workload, call, check
@@ -95,23 +96,6 @@ def test_a_minority_partition_refuses_writes_fast_and_heals(cluster):
     assert max(refusals) < 10
 
 
-def container(cluster, host, network_id, name):
-    """A 'container': an endpoint made through the plugin API, its veth moved into a namespace."""
-    ep = docker_id(name)
-    addr = host.plugin("IpamDriver.RequestAddress", {"PoolID": cluster.pool, "Address": "", "Options": {}})["Address"]
-    host.plugin("NetworkDriver.CreateEndpoint", {"NetworkID": network_id, "EndpointID": ep,
-                                                 "Interface": {"Address": addr}})
-    src = host.plugin("NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": ep,
-                                             "SandboxKey": "/var/run/docker/netns/x"})["InterfaceName"]["SrcName"]
-    ns = "%s-%s" % (host.name, name)
-    cluster.world.extra_netns.append(ns)
-    sh("ip netns add " + ns)
-    sh("ip -n %s link set %s netns %s name eth0" % (host.name, src, ns))
-    sh("ip -n %s addr add %s dev eth0" % (ns, addr))
-    sh("ip -n %s link set eth0 up" % ns)
-    return ns, addr.split("/")[0]
-
-
 def test_a_majority_lost_refuses_writes_naming_who_is_missing_and_traffic_flows(cluster):
     h1, h2, h3 = cluster.hosts
     nets = {}
@@ -120,9 +104,9 @@ def test_a_majority_lost_refuses_writes_naming_who_is_missing_and_traffic_flows(
         h.plugin("NetworkDriver.CreateNetwork", {"NetworkID": nets[h], "Options": {"com.docker.network.generic": {}},
                                                  "IPv4Data": [{"AddressSpace": "shoutd", "Pool": POOL,
                                                                "Gateway": "10.88.0.1/16"}]})
-    c1, _ = container(cluster, h1, nets[h1], "c1")
-    _, ip2 = container(cluster, h2, nets[h2], "c2")
-    _, ip3 = container(cluster, h3, nets[h3], "c3")
+    c1, _ = container(cluster.world, h1, cluster.pool, nets[h1], "c1")
+    _, ip2 = container(cluster.world, h2, cluster.pool, nets[h2], "c2")
+    _, ip3 = container(cluster.world, h3, cluster.pool, nets[h3], "c3")
     for ip in (ip2, ip3):
         wait_for(lambda ip=ip: sh("ip netns exec %s busybox ping -c 1 -W 1 %s" % (c1, ip), check=False).returncode == 0,
                  timeout=20, what="ping %s before the fault" % ip)
