@@ -151,7 +151,7 @@ class Host:
         self.dir = os.path.join(tmp, self.name)
         os.makedirs(self.dir)
         self.proc = None
-        self.starts = 0
+        self.run_log_start = 0
         self.bus = None
         self.log = os.path.join(self.dir, "shoutd.log")
         self.socket = os.path.join(self.dir, "plugins/shoutd.sock")
@@ -176,22 +176,24 @@ class Host:
         open(os.path.join(self.dir, "none.conf"), "w").close()
         full_env = self.bus.env() if self.bus else dict(os.environ, PYTHONPATH=ROOT)
         full_env.update(env or {})
+        # What this run logs starts here: an earlier run may have been killed before it registered.
+        self.run_log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=full_env)
-        self.starts += 1
         if wait:
             self.wait_registered()
             if self.bus:
-                self.wait_log("D-Bus: ", times=self.starts)
+                self.wait_log("D-Bus: ", this_run=True)
         return self
 
     def wait_registered(self, timeout=30):
-        return self.wait_log("registered;", times=self.starts, timeout=timeout)
+        return self.wait_log("registered;", timeout=timeout, this_run=True)
 
-    def wait_log(self, text, timeout=30, times=1):
+    def wait_log(self, text, timeout=30, times=1, this_run=False):
+        """Until `text` appears `times` times in the log (only in what the current run wrote, if `this_run`)."""
         def seen():
             if self.proc.poll() is not None:
                 raise AssertionError("shoutd on %s exited before %r:\n%s" % (self.name, text, self.read_log()[-3000:]))
-            return self.read_log().count(text) >= times
+            return self.read_log(since=self.run_log_start if this_run else 0).count(text) >= times
         try:
             wait_for(seen, timeout=timeout, interval=0.1)
         except AssertionError as e:
@@ -200,9 +202,11 @@ class Host:
             raise AssertionError("no %r in the log of %s:\n%s" % (text, self.name, self.read_log()[-3000:])) from None
         return self.read_log()
 
-    def read_log(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
+    def read_log(self, since=0):
+        """The log from byte `since` on."""
+        with open(self.log, "rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None

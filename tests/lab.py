@@ -82,7 +82,7 @@ class Host:
         self.sock = os.path.join(self.dir, "docker.sock")
         self.dockerd = None
         self.shoutd = None
-        self.starts = 0
+        self.run_log_start = 0
         self.log = os.path.join(self.dir, "shoutd.log")
 
     def netns(self, *cmd, check=True, timeout=120):
@@ -160,7 +160,8 @@ class Host:
     def start_shoutd(self):
         peers = [h.ip for h in self.lab.hosts if h is not self]
         conf = self.write_config(peers)
-        self.starts += 1
+        # What this run logs starts here: an earlier run may have been killed before it registered.
+        self.run_log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         if os.environ.get("SHOUTD_LAB_DEBUG"):
             with open(conf, "a") as f:
                 f.write("log_level = debug\n")
@@ -176,8 +177,9 @@ class Host:
 
     def registered(self):
         """shoutd logs this once per start, when its member record has committed."""
-        with open(self.log) as f:
-            return f.read().count(" registered;") >= self.starts
+        with open(self.log, "rb") as f:
+            f.seek(self.run_log_start)
+            return b" registered;" in f.read()
 
     def kill_shoutd(self, sig=signal.SIGKILL):
         if self.shoutd is not None and self.shoutd.poll() is None:
@@ -279,14 +281,18 @@ class Lab:
             sh("ip link del %s-ul" % name, check=False)
         sh("ip link del %s" % self.underlay, check=False)
 
-    def down(self):
-        # Containers go while shoutd still answers Docker's Leave/DeleteEndpoint:
-        # without it Docker retries each call for half a minute.
+    def remove_containers(self):
+        """Every container on every host, running or not."""
         for h in self.hosts:
             if os.path.exists(h.sock):
                 cids = h.docker("ps", "-aq", check=False).stdout.split()
                 if cids:
                     h.docker("rm", "-f", *cids, check=False)
+
+    def down(self):
+        # Containers go while shoutd still answers Docker's Leave/DeleteEndpoint:
+        # without it Docker retries each call for half a minute.
+        self.remove_containers()
         for h in self.hosts:
             h.kill_shoutd(signal.SIGTERM)
         for h in self.hosts:
