@@ -117,6 +117,21 @@ class Capture:
         """Packets (inner ones too, for VXLAN) sent to `address`."""
         return sum(1 for line in list(self.lines) if "> %s." % address in line or "> %s:" % address in line)
 
+    def times(self, address):
+        """When packets to `address` were seen (tcpdump -tt): an inner VXLAN packet has the outer line's time."""
+        stamps, stamp = [], None
+        for line in list(self.lines):
+            head = line.split(" ", 1)[0]
+            if head.replace(".", "", 1).isdigit():
+                stamp = float(head)
+            if stamp is not None and ("> %s." % address in line or "> %s:" % address in line):
+                stamps.append(stamp)
+        return stamps
+
+    def first(self, text):
+        """The time of the first line that contains `text` (case-insensitive), or None."""
+        return next((float(l.split(" ", 1)[0]) for l in list(self.lines) if text.lower() in l.lower()), None)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
