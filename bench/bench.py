@@ -15,6 +15,8 @@
    acknowledgement (journal_sync, the default) and without.
 6. (--parts failover, no Docker) kill -9 of the leader of three daemons,
    20 times: time until a write succeeds again.
+7. (--parts pruning, four lab hosts) multicast pruning: underlay bytes against
+   flooding, join latency, the commits a burst of joins costs (pruning.py).
 
 Not a test: nothing here asserts a time.  Needs root and the packages of
 .ci/setup.
@@ -232,8 +234,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--kills", type=int, default=20, help="leader kills for the failover figure")
-    p.add_argument("--parts", default="tcp,multicast,run,commit,failover",
-                   help="comma-separated: tcp, multicast, run, commit, failover")
+    p.add_argument("--joins", type=int, default=5, help="joins for the pruning part's join latency")
+    p.add_argument("--parts", default="tcp,multicast,run,commit,failover,pruning",
+                   help="comma-separated: tcp, multicast, run, commit, failover, pruning")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     figures = {}
@@ -241,8 +244,11 @@ def main():
         figures["commit"] = {"fsync": commit_latency(durable=True), "no fsync": commit_latency(durable=False)}
     if "failover" in parts:
         figures["failover"] = failover(args.kills)
-    if parts - {"commit", "failover"}:
+    if parts & {"tcp", "multicast", "run"}:
         figures.update(in_the_lab(args, parts))
+    if "pruning" in parts:
+        import pruning               # here: it needs tcpdump, which the other parts do not
+        figures["pruning"] = pruning.run(args.seconds * 2, args.joins)
     report(args, **figures)
 
 
@@ -268,8 +274,12 @@ def in_the_lab(args, parts):
     return out
 
 
-def report(args, med=None, raw=None, mc=None, run=None, mem=None, idle=None, commit=None, failover=None):
+def report(args, med=None, raw=None, mc=None, run=None, mem=None, idle=None, commit=None, failover=None,
+           pruning=None):
     print("\n== shoutd benchmark (%d rounds of %d s, alternating) ==" % (args.rounds, args.seconds))
+    if pruning:
+        import pruning as part
+        part.report(pruning)
     if raw:
         for k, v in raw.items():
             print("TCP %-8s Mbit/s: %s (median %.0f)" % (k, ", ".join("%.0f" % x for x in v), med[k]))

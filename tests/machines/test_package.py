@@ -123,6 +123,7 @@ def test_the_readme_install_steps_run_as_printed(machines):
     by_letter = {m.letter: m for m in machines}
     steps = [(where, text) for where, text in readme.blocks() if where in set(by_letter) | {"every host"}]
     assert len(steps) >= 5, "the README's install walkthrough lost its markers"
+    outputs = {}                                     # (host letter, command) -> what it printed
     for where, text in steps:
         targets = machines if where == "every host" else [by_letter[where]]
         for line in filter(str.strip, text.splitlines()):
@@ -130,7 +131,7 @@ def test_the_readme_install_steps_run_as_printed(machines):
                 res = m.run("cd /root && " + line, check=False, timeout=300)
                 assert res.returncode == 0, "README step on %s: %s\n%s%s" % (m.letter, line, res.stdout[-2000:],
                                                                            res.stderr[-2000:])
-                m.last_output = res.stdout
+                outputs[m.letter, line.strip()] = res.stdout
     # What the steps promise: one cluster of three, one leader, the network everywhere.
     addrs = sorted("%s:7380" % ip for ip in HOSTS.values())
     for m in machines:
@@ -142,7 +143,13 @@ def test_the_readme_install_steps_run_as_printed(machines):
     assert len(leaders) == 1 and leaders.pop() in addrs
     a = by_letter["A"]
     ip = a.run("docker inspect -f '{{.NetworkSettings.Networks.mynet.IPAddress}}' web1").stdout.strip()
-    assert ip in a.last_output and "ADDRESS" in a.last_output, a.last_output      # shoutdctl network mynet
+    shown = outputs["A", "shoutdctl network mynet"]
+    assert ip in shown and "ADDRESS" in shown, shown
+    # The multicast section's networks, with the modes it asked for.
+    shown = outputs["B", "shoutdctl networks"]
+    table = shown.split("\n\n")[0].splitlines()[1:]          # the networks, before any groups table
+    modes = {line.split()[0]: line.split()[-1] for line in table if line.split()}
+    assert modes.get("feeds") == "pruned" and modes.get("lan") == "flood", shown
     st = json.loads(by_letter["B"].run("shoutdctl status --json").stdout)
     assert st["quorum"] and st["ready"] and len(st["members"]) == 3, st
 
