@@ -4,6 +4,7 @@ The kernel is always read back with iproute2, never with the code under
 test, so a wrong reading and a wrong write cannot cancel each other out.
 """
 
+import dataclasses
 import json
 
 from shoutd.dataplane.desired import desired
@@ -36,9 +37,11 @@ class Host:
         index, _, mtu = self.worker.call(lambda nl: nl.underlay(self.ip))
         return Underlay(self.ip, 4789, index, mtu)
 
-    def reconcile(self, state, node, previous=None, fence=None):
-        """A pass as the daemon runs it; returns its plan, for a later change-only pass."""
+    def reconcile(self, state, node, previous=None, fence=None, vxlan_mdb=True):
+        """A pass as the daemon runs it; returns its plan, for a later change-only pass.
+
+        `vxlan_mdb=False` is what the daemon does on a kernel before 6.4."""
         nets, eps = desired(state, node)
-        underlay = self.underlay()
+        underlay = dataclasses.replace(self.underlay(), vxlan_mdb=vxlan_mdb)
         self.worker.call(lambda nl: program(nl, nets, eps, underlay, previous, fence))
         return nets, eps

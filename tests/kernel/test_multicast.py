@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -229,3 +230,36 @@ def test_without_the_fence_igmp_crosses_hosts(three):
     wait_for(lambda: any("igmp" in line.lower() for line in list(cap.lines)), timeout=15,
              what="an IGMP query from host 0 on host 1's underlay")
     cap.stop()
+
+
+def test_a_sender_whose_kernel_has_no_vxlan_mdb_floods_and_only_listeners_get_the_group(three):
+    """Linux before 6.4: the group still leaves through the VXLAN port, to every host; a host
+    without a listener receives it but delivers it to no container."""
+    hosts, extra = three
+    state = pruned_cluster()
+    state.apply({"op": "groups_set", "node": "n1", "groups": {"m1": ["239.1.1.1"]}})
+    vni = state.networks["m1"]["vni"]
+    fence = Fence()
+    for _ in range(2):
+        hosts[0].reconcile(state, "n0", fence=fence, vxlan_mdb=False)
+    for i, h in enumerate(hosts[1:], 1):
+        h.reconcile(state, "n%d" % i, fence=fence)
+    # A new querier floods every group on its bridge for one query response interval (the kernel lets
+    # reports arrive before it prunes); host 2's bridge prunes only after that.
+    snooping_from = time.monotonic() + hosts[2].link("shb%d" % vni)["linkinfo"]["info_data"][
+        "mcast_query_response_intvl"] / 100.0
+    mdb = hosts[0].mdb()
+    assert ("shb%d" % vni, "shx%d" % vni, "239.1.1.1", "permanent", None) in mdb, mdb
+    assert not [e for e in mdb if e[0] == "shx%d" % vni], "no VXLAN MDB entry without kernel support: %s" % mdb
+    c = containers(hosts, extra)
+    join(c[1], "239.1.1.1", extra)
+    time.sleep(max(0.0, snooping_from - time.monotonic()))   # the kernel's delay (above)
+    caps = [underlay_capture(h, extra) for h in hosts[1:]]
+    inside = Capture(["ip", "netns", "exec", c[2], "tcpdump", "-lni", "eth0", "dst 239.1.1.1"])
+    extra.append(inside.proc)
+    sh("ip netns exec %s %s -c '%s' 20 10.60.0.10 239.1.1.1" % (c[0], sys.executable, SEND))
+    wait_for(lambda: all(cap.count("239.1.1.1") == 20 for cap in caps), timeout=10,
+             what="the group on both other hosts' underlays")
+    for cap in caps + [inside]:
+        cap.stop()
+    assert inside.count("239.1.1.1") == 0, "host 2 has no listener, yet its container got the group"

@@ -32,3 +32,24 @@ def test_error_names_map_to_exit_codes():
     assert ctl._code_for("org.darkkitchen.Shoutd.Error.AccessDenied") == ctl.DENIED
     assert ctl._code_for("org.darkkitchen.Shoutd.Error.NoQuorum") == ctl.NO_QUORUM
     assert ctl._code_for("org.darkkitchen.Shoutd.Error.AlreadyMember") == ctl.REFUSED
+
+
+def status_with(kernel_prunes, mode):
+    return {"Self": "198.18.0.1:7380", "Leader": "198.18.0.1:7380", "Term": 2, "Quorum": True, "Ready": True,
+            "Members": [["198.18.0.1:7380", "198.18.0.1", "h1", "self"]],
+            "Networks": [["feeds", "10.9.0.0/24", 4242, 2]],
+            "Multicast": [["feeds", mode, [["239.1.1.1", ["h2 (198.18.0.2)", "h3 (198.18.0.3)"]]]]],
+            "KernelPrunes": kernel_prunes}
+
+
+def test_status_shows_each_network_s_mode_its_listeners_and_a_kernel_that_cannot_prune(capsys):
+    ctl.show_status(status_with(True, "pruned"))
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()]
+    assert ["feeds", "10.9.0.0/24", "4242", "2", "pruned"] in rows, out
+    assert ["feeds", "239.1.1.1", "h2", "(198.18.0.2),", "h3", "(198.18.0.3)"] in rows, out
+    assert "note:" not in out
+    ctl.show_status(status_with(False, "pruned"))
+    assert "kernel has no VXLAN multicast database" in capsys.readouterr().out
+    ctl.show_status(status_with(False, "flood"))            # nothing to prune there anyway
+    assert "note:" not in capsys.readouterr().out

@@ -165,3 +165,14 @@ def test_the_leader_withdraws_a_silent_member_s_groups_only_after_a_while():
     now[0] += 100
     asyncio.run(passes())
     assert len(submitted) == 1, "only the leader withdraws"
+
+
+def test_the_vxlan_mdb_is_there_from_linux_6_4():
+    from shoutd.dataplane.netlink import vxlan_mdb_supported
+    assert not vxlan_mdb_supported("6.1.0-41-amd64")       # Debian 12
+    assert not vxlan_mdb_supported("5.15.0-1-cloud")
+    assert not vxlan_mdb_supported("2.6.78-fc-v769")
+    assert not vxlan_mdb_supported("garbage")
+    assert vxlan_mdb_supported("6.4.0")
+    assert vxlan_mdb_supported("6.12.48+deb13-amd64")      # Debian 13
+    assert vxlan_mdb_supported("7.0.1")
