@@ -11,7 +11,7 @@ from shoutd.dataplane.desired import desired, routed
 from shoutd.multicast import SILENT_AFTER, Listeners
 from shoutd.state import ClusterState
 
-from ..support import docker_id
+from ..support import docker_id, until
 
 A, B, C = "198.18.0.1:7380", "198.18.0.2:7380", "198.18.0.3:7380"
 
@@ -107,17 +107,29 @@ def test_a_burst_of_joins_costs_one_commit_and_a_repeat_none():
     listeners, worker, _, submitted = reporter(state)
     bridge = "shb%d" % state.networks[net]["vni"]
 
+    started, finished = [], []
+    step = listeners.step
+
+    async def counted(periodic):
+        started.append(periodic)
+        await step(periodic)
+        finished.append(periodic)
+    listeners.step = counted
+
+    def idle():
+        return not listeners._kick.is_set() and len(started) == len(finished)
+
     async def main():
         listeners._sock = None
         task = asyncio.create_task(listeners._loop())
         for i in range(100):                          # a hundred joins, each waking the reporter
             worker.groups.setdefault(bridge, set()).add("239.2.0.%d" % i)
             listeners.kick()
-            await asyncio.sleep(0.001)
-        await asyncio.sleep(0.5)
+            await asyncio.sleep(0.001)                # the joins of a burst arrive over 0.1 s or so
+        await until(idle, what="the reporter done with the burst")
         first = len(submitted)
         listeners.kick()                              # nothing changed since
-        await asyncio.sleep(0.3)
+        await until(idle, what="the reporter done with the repeat")
         task.cancel()
         return first
     first = asyncio.run(main())
