@@ -17,7 +17,7 @@ engine's shoutd networks with the cluster's:
 - a local shoutd network the cluster no longer has (removed on another host)
   is removed here.
 It runs on every change to the cluster's networks, after each CreateNetwork
-and periodically, and only once the control plane has caught up (kickloop.py),
+(and soon again while a network created here has no name yet), and periodically, and only once the control plane has caught up (kickloop.py),
 so an unreplayed state never deletes anything.
 
 Docker drops a network from its list as soon as `docker network rm` starts,
@@ -39,6 +39,11 @@ from ..service import NETWORK_OPTION
 log = logging.getLogger(__name__)
 
 STALE_BINDING = 30.0    # seconds; well beyond a DeleteNetwork's commit timeout
+# A network just created here may not be listed by Docker at the first look (Docker calls our
+# CreateNetwork before it stores the network): look again this often, for this long, so that its
+# name reaches the cluster (and `shoutdctl network NAME`) in about a second, not at the next pass.
+UNNAMED_RETRY = 0.5
+UNNAMED_PATIENCE = 60.0
 
 
 class Mirror(KickLoop):
@@ -53,6 +58,7 @@ class Mirror(KickLoop):
         self.clock = clock
         self._reported = set()
         self._missing = {}          # (network id, Docker id) bound here but not in Docker -> since when
+        self._unnamed = {}          # network id bound here whose name is not known yet -> since when
 
     async def step(self, periodic):
         try:
@@ -95,6 +101,13 @@ class Mirror(KickLoop):
                 continue
             await self._create(net)
         self._missing = missing
+        self._look_again_for_unnamed(state, now)
+
+    def _look_again_for_unnamed(self, state, now):
+        unnamed = [n["id"] for n in state.networks.values() if n["name"] is None and self.node in n["bindings"]]
+        self._unnamed = {net_id: self._unnamed.get(net_id, now) for net_id in unnamed}
+        if any(now - since < UNNAMED_PATIENCE for since in self._unnamed.values()):
+            self.kick(delay=UNNAMED_RETRY)
 
     async def _name(self, net, dn):
         try:

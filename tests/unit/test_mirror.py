@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 
-from shoutd.docker.mirror import STALE_BINDING, Mirror
+from shoutd.docker.mirror import STALE_BINDING, UNNAMED_PATIENCE, UNNAMED_RETRY, Mirror
 from shoutd.state import ClusterState
 
 from ..support import docker_id
@@ -143,3 +143,31 @@ def test_the_copy_carries_no_option_of_shoutd_s_own():
     (_, _, subnet, _, identity), = engine.bodies
     assert "shoutd.network" not in identity.get("ipam_options", {})
     assert m.making == [(next(iter(cluster().networks)), subnet)], "the service is told which copy is made"
+
+
+def test_a_network_docker_does_not_list_yet_is_looked_for_again_soon_and_named():
+    """Docker calls CreateNetwork before it stores the network: the first look may not find it."""
+    state = cluster(bound_here=docker_id("d-here"), name=None)
+    engine, clock = FakeEngine(), Clock()
+    m, submitted = mirror(engine, state, clock)
+    kicks = []
+    m.kick = lambda delay=0.0: kicks.append(delay)
+    asyncio.run(m.step(periodic=False))
+    assert submitted == [] and kicks == [UNNAMED_RETRY], "not listed yet: look again in a moment"
+    engine.list.append({"Id": docker_id("d-here"), "Name": "web"})
+    clock.now += UNNAMED_RETRY
+    asyncio.run(m.step(periodic=False))
+    assert [op["op"] for op in submitted] == ["network_name"]
+    assert kicks == [UNNAMED_RETRY], "named: no more looks"
+
+
+def test_the_looks_for_a_network_docker_never_lists_end():
+    state = cluster(bound_here=docker_id("d-here"), name=None)
+    engine, clock = FakeEngine(), Clock()
+    m, _ = mirror(engine, state, clock)
+    kicks = []
+    m.kick = lambda delay=0.0: kicks.append(delay)
+    asyncio.run(m.step(periodic=False))
+    clock.now += UNNAMED_PATIENCE
+    asyncio.run(m.step(periodic=True))
+    assert kicks == [UNNAMED_RETRY], "after a minute only the periodic pass looks"
