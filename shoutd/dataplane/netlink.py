@@ -36,10 +36,11 @@ class NetlinkFailure(ShoutdError):
 # A pruned network's bridge is the IGMP querier for its host's containers.  It
 # has no IPv6 address, so it is no MLD querier, and without one the bridge
 # floods IPv6 multicast as a flooding network does: only IPv4 groups are
-# pruned (shoutd networks are IPv4).  Times in centiseconds (the kernel's clock_t).  A query every 30 s (not 125)
-# bounds how long a listener that vanished without a leave is still served:
-# membership interval = robustness 2 x 30 s + 10 s response = 70 s.  A leave
-# is acted on after 2 group queries 1 s apart (the kernel's defaults).
+# pruned (shoutd networks are IPv4).  Times are in centiseconds (the kernel's
+# clock_t).  A query every 30 s (not 125) bounds how long a listener that
+# vanished without a leave is still served: membership interval = robustness
+# 2 x 30 s + 10 s response = 70 s.  A leave is acted on after 2 group queries
+# 1 s apart (the kernel's defaults).
 SNOOPING = {"IFLA_BR_MCAST_SNOOPING": 1, "IFLA_BR_MCAST_QUERIER": 1, "IFLA_BR_MCAST_IGMP_VERSION": 3,
             "IFLA_BR_MCAST_MLD_VERSION": 2, "IFLA_BR_MCAST_QUERY_INTVL": 3000,
             "IFLA_BR_MCAST_STARTUP_QUERY_INTVL": 750, "IFLA_BR_MCAST_MEMBERSHIP_INTVL": 7000,
@@ -259,7 +260,8 @@ class Netlink:
 
     # -- multicast databases (pruned networks, see desired.py) -------------
 
-    def _mdb_entries(self):
+    def mdb_entries(self):
+        """Every MDB entry in this namespace: one dump serves all networks of a reconciler pass."""
         if self._mdb is None:
             self._mdb = MdbSocket()
         try:
@@ -282,16 +284,19 @@ class Netlink:
         index = {name: (self.index(name), self.index(vxlan)) for name, vxlan in bridges.items()}
         by_index = {br: name for name, (br, _) in index.items() if br is not None}
         out = {name: set() for name in bridges}
-        for e in self._mdb_entries():
+        for e in self.mdb_entries():
             name = by_index.get(e.device)
             if name is not None and e.port not in index[name]:
                 out[name].add(e.group)
         return out
 
-    def ensure_bridge_mdb(self, bridge, vxlan, groups):
-        """Exactly `groups` go out of the VXLAN port, whatever this host's own listeners."""
+    def ensure_bridge_mdb(self, bridge, vxlan, groups, entries=None):
+        """Exactly `groups` go out of the VXLAN port, whatever this host's own listeners.
+
+        `entries`: a dump (mdb_entries) taken since this network's devices were made, or None."""
         br, vx = self.index(bridge), self.index(vxlan)
-        have = {e.group for e in self._mdb_entries() if e.device == br and e.port == vx and e.permanent}
+        entries = self.mdb_entries() if entries is None else entries
+        have = {e.group for e in entries if e.device == br and e.port == vx and e.permanent}
         for group in sorted(groups - have):
             log.info("%s: group %s out through %s (another host listens)", bridge, group, vxlan)
             self._mdb_change("add", "MDB entry %s port %s on %s" % (group, vxlan, bridge), self._mdb.add,
@@ -301,10 +306,11 @@ class Netlink:
             self._mdb_change("remove", "MDB entry %s port %s on %s" % (group, vxlan, bridge), self._mdb.delete,
                              br, vx, group)
 
-    def ensure_vxlan_mdb(self, vxlan, wanted):
-        """The VXLAN device's MDB is exactly `wanted` {(group, VTEP)}."""
+    def ensure_vxlan_mdb(self, vxlan, wanted, entries=None):
+        """The VXLAN device's MDB is exactly `wanted` {(group, VTEP)} (`entries` as for ensure_bridge_mdb)."""
         vx = self.index(vxlan)
-        have = {(e.group, e.dst) for e in self._mdb_entries() if e.device == vx and e.dst is not None}
+        entries = self.mdb_entries() if entries is None else entries
+        have = {(e.group, e.dst) for e in entries if e.device == vx and e.dst is not None}
         for group, dst in sorted(wanted - have):
             log.info("%s: group %s -> VTEP %s", vxlan, group, dst)
             self._mdb_change("add", "VXLAN MDB entry %s dst %s on %s" % (group, dst, vxlan), self._mdb.add,

@@ -66,6 +66,7 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None):
     before_nets, before_eps = previous if previous is not None else ((), ())
     bridges = {}
     added = False
+    mdb = None         # one dump for the pass: each network's MDB ensures touch only its own devices
     for net in networks:
         if net in before_nets:
             continue
@@ -77,9 +78,11 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None):
         nl.ensure_fdb(net.vxlan, set(net.fdb))
         if net.snooping:
             nl.ensure_not_router_port(net.vxlan)
-            nl.ensure_bridge_mdb(net.bridge, net.vxlan, set(net.bridge_mdb))
+            if mdb is None:
+                mdb = nl.mdb_entries()
+            nl.ensure_bridge_mdb(net.bridge, net.vxlan, set(net.bridge_mdb), mdb)
             if underlay.vxlan_mdb:
-                nl.ensure_vxlan_mdb(net.vxlan, set(net.vxlan_mdb))
+                nl.ensure_vxlan_mdb(net.vxlan, set(net.vxlan_mdb), mdb)
         nl.ensure_up(net.vxlan)
     for ep in endpoints:
         if ep in before_eps:
