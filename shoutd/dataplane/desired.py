@@ -29,7 +29,7 @@ prefix alone.
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..checks import LINK_LOCAL_V4
 from ..state import pruned
@@ -77,7 +77,6 @@ def routed(group):
     return address not in LINK_LOCAL_V4
 
 
-
 @dataclass(frozen=True)
 class EndpointSpec:
     id: str
@@ -116,6 +115,5 @@ def desired(state, node):
 def _with_listeners(spec, net, node, vteps):
     remote = [(group, vteps[member]) for member, groups in net["listeners"].items()
               if member != node and member in vteps for group in groups]
-    return NetworkSpec(spec.id, spec.label, spec.vni, spec.bridge, spec.vxlan, spec.fdb, snooping=True,
-                       bridge_mdb=frozenset(g for g, _ in remote),
-                       vxlan_mdb=frozenset((g, vtep) for g, vtep in remote if routed(g)))
+    return replace(spec, snooping=True, bridge_mdb=frozenset(g for g, _ in remote),
+                   vxlan_mdb=frozenset((g, vtep) for g, vtep in remote if routed(g)))

@@ -64,11 +64,11 @@ class Fence:
                 log.warning("no ebtables command: IGMP and MLD of pruned networks cross hosts, so each host's "
                             "querier may fall silent; install iptables (it provides ebtables)")
                 self._missing_logged = True
-            return "no ebtables"
+            return
         did = []
         present = self._lines(CHAIN)
         if present is None and not devices:
-            return did
+            return
         if present is None:
             self._do(did, "create chain " + CHAIN, "-N", CHAIN, "-P", "RETURN")
             present = []
@@ -91,7 +91,6 @@ class Fence:
                 self._do(did, "keep IGMP/MLD off " + device, "-A", CHAIN, *rule)
         if did:
             log.info("IGMP/MLD fence: %s", "; ".join(dict.fromkeys(did)))
-        return did
 
     def _do(self, did, what, *args):
         code, _, err = self._ebtables(*args)

@@ -145,13 +145,18 @@ def test_the_copy_carries_no_option_of_shoutd_s_own():
     assert m.making == [(next(iter(cluster().networks)), subnet)], "the service is told which copy is made"
 
 
-def test_a_network_docker_does_not_list_yet_is_looked_for_again_soon_and_named():
-    """Docker calls CreateNetwork before it stores the network: the first look may not find it."""
-    state = cluster(bound_here=docker_id("d-here"), name=None)
+def unnamed_here():
+    """A network bound here that Docker does not list yet: (engine, clock, mirror, submitted, kicks asked)."""
     engine, clock = FakeEngine(), Clock()
-    m, submitted = mirror(engine, state, clock)
+    m, submitted = mirror(engine, cluster(bound_here=docker_id("d-here"), name=None), clock)
     kicks = []
     m.kick = lambda delay=0.0: kicks.append(delay)
+    return engine, clock, m, submitted, kicks
+
+
+def test_a_network_docker_does_not_list_yet_is_looked_for_again_soon_and_named():
+    """Docker calls CreateNetwork before it stores the network: the first look may not find it."""
+    engine, clock, m, submitted, kicks = unnamed_here()
     asyncio.run(m.step(periodic=False))
     assert submitted == [] and kicks == [UNNAMED_RETRY], "not listed yet: look again in a moment"
     engine.list.append({"Id": docker_id("d-here"), "Name": "web"})
@@ -162,11 +167,7 @@ def test_a_network_docker_does_not_list_yet_is_looked_for_again_soon_and_named()
 
 
 def test_the_looks_for_a_network_docker_never_lists_end():
-    state = cluster(bound_here=docker_id("d-here"), name=None)
-    engine, clock = FakeEngine(), Clock()
-    m, _ = mirror(engine, state, clock)
-    kicks = []
-    m.kick = lambda delay=0.0: kicks.append(delay)
+    _, clock, m, _, kicks = unnamed_here()
     asyncio.run(m.step(periodic=False))
     clock.now += UNNAMED_PATIENCE
     asyncio.run(m.step(periodic=True))
