@@ -77,6 +77,14 @@ def ipv4(value, what):
         _fail("%s %s is not an IPv4 address" % (what, _short(value)))
 
 
+def subnet(value, what):
+    """An IPv4 subnet as Docker sends it (host bits allowed) -> the network, as text."""
+    try:
+        return str(ipaddress.IPv4Network(value, strict=False))
+    except (ValueError, TypeError):
+        _fail("%s %r is not an IPv4 subnet" % (what, value))
+
+
 def host_in(ip, subnet, what, label):
     """`ip` must be a host address of `subnet` (not its network or broadcast address)."""
     subnet = ipaddress.IPv4Network(subnet)

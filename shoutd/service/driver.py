@@ -44,10 +44,7 @@ class NetworkDriver:
                               "IPAM would hand out the same addresses on every host. Create the "
                               "network with: " + RIGHT_COMMAND)
         checks.docker_id(docker_id, "NetworkID")
-        try:
-            pool = str(ipaddress.IPv4Network(data.get("Pool", ""), strict=False))
-        except (ValueError, TypeError):
-            raise ShoutdError("IPv4Data Pool %r is not an IPv4 subnet" % (data.get("Pool"),)) from None
+        pool = checks.subnet(data.get("Pool"), "IPv4Data Pool")
         net = self.cluster.state().network_by_subnet(pool)
         if net is None:
             raise ShoutdError("no shoutd pool %s: was it released meanwhile? Try again." % pool, NOT_FOUND)

@@ -5,7 +5,6 @@ every pool and address is an operation on the replicated state, decided in
 the state machine, so two hosts never hand out the same address.
 """
 
-import ipaddress
 import logging
 
 from .. import checks
@@ -16,13 +15,6 @@ from .driver import NETWORK_OPTION
 log = logging.getLogger(__name__)
 
 GATEWAY_REQUEST = "com.docker.network.gateway"
-
-
-def subnet_of(text):
-    try:
-        return str(ipaddress.IPv4Network(text, strict=False))
-    except (ValueError, TypeError):
-        raise ShoutdError("Pool %r is not an IPv4 subnet" % (text,)) from None
 
 
 class Ipam:
@@ -38,7 +30,7 @@ class Ipam:
         options = checks.options(options, "IPAM options")
         network = options.get(NETWORK_OPTION)
         if pool and not network:
-            subnet = subnet_of(pool)
+            subnet = checks.subnet(pool, "Pool")
             known = self.cluster.state().network_by_subnet(subnet)
             # The mirror making this host's copy, or Docker re-reserving the
             # pools of its networks as it starts: the cluster network it is.
