@@ -16,24 +16,27 @@ DurableJournal implements PySyncObj's Journal interface differently:
 - An append-only file of checksummed records.  A torn record at the end
   (power loss during a write) is found and cut off at start-up.
 - Deleting entries is lazy: entries that are deleted and then appended again
-  unchanged are never touched on disk; only what really differs is cut, with
-  one ftruncate.
+  unchanged are never touched on disk; only what really differs is cut.
 - Compaction writes the kept entries to a new file and renames it over the
   old one, so a crash leaves either log whole.
 - At start-up, if a snapshot exists and the log holds the snapshot's last two
   entries, the log is first trimmed to start there, so PySyncObj keeps it.
-- `sync()` fsyncs what was written (and a new snapshot file).  RaftNode calls
-  it where an entry becomes acknowledged: before a follower tells the leader
-  it holds entries, and before the leader counts its own copy towards a
-  commit (the start of each tick); entries arriving together share one fsync.
-  The term and vote are fsynced as they change.  With durable=False
-  (journal_sync = no) nothing is fsynced: crash-safe, not power-loss-safe.
+- The tick thread never touches the disk after start-up: every change is
+  queued to the Flusher (flusher.py), which writes and fsyncs on its own
+  thread.  The journal answers from memory, and tells the tick thread what
+  the disk already holds: `durable_index()` (the last entry on disk) and
+  `meta_durable()` (the term and vote on disk).  RaftNode and the transport
+  claim nothing beyond that: a follower acknowledges only durable entries,
+  the leader counts its own copy only once durable, and no message leaves
+  while the term or vote is not.  With durable=False (journal_sync = no)
+  nothing is fsynced: crash-safe, not power-loss-safe.
 
 A log written by shoutd 0.1 (PySyncObj's format) is converted on first start.
 PySyncObj builds its journal itself from a file name, so `building` swaps its
 factory for ours while one SyncObj is constructed.
 """
 
+import bisect
 import contextlib
 import json
 import logging
@@ -47,45 +50,32 @@ from pysyncobj.journal import FileJournal, Journal, MemoryJournal
 from pysyncobj.serializer import Serializer
 
 from ..errors import ShoutdError
+from .flusher import HEADER, RECORD, Flusher, open_log, record, write_log, write_meta
 
 log = logging.getLogger(__name__)
-
-HEADER = b"shoutd raft log 1\n"
-_RECORD = struct.Struct("<IIQQ")     # command length, crc32, index, term; then the command
-
-
-def _fsync_path(path, directory=False):
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _record(command, idx, term):
-    body = struct.pack("<QQ", idx, term) + command
-    return _RECORD.pack(len(command), zlib.crc32(body), idx, term) + command
 
 
 class DurableJournal(Journal):
     def __init__(self, path, dump=None, durable=True, legacy=None):
         self.path = path
         self.durable = durable
-        self._dir = os.path.dirname(os.path.abspath(path))
         self._dump = dump
-        self._dump_seen = None
         self._entries = []          # (command, idx, term), as PySyncObj sees the log
         self._offsets = []          # where each entry's record starts in the file
-        self._pending = []          # [(entry, offset)]: deleted entries still on disk, in order
-        self._dirty = False
+        self._seqs = []             # the flusher operation that put each entry on disk
+        self._pending = []          # [(entry, offset, seq)]: deleted entries still on disk, in order
+        self._end = 0               # the file's size once every queued operation is applied
         self._meta = {"term": 0, "voted_for": None, "commit": 1}
         self._meta_dirty = False
+        self._vote_seq = 0          # the flusher operation that writes the term and vote as they are now
+        self.epoch = 0              # counts removals from the log's end: a claim made before one is void
         if not os.path.exists(path) and legacy and os.path.exists(legacy):
             self._convert(legacy)
-        self._load()
+        fd = self._load()
+        self.flusher = Flusher(path, fd, durable, dump)
         self._trim_to_snapshot()
 
-    # -- the file ---------------------------------------------------------------
+    # -- the file at start-up (before any tick) -----------------------------------
 
     def _load(self):
         try:
@@ -94,41 +84,31 @@ class DurableJournal(Journal):
         except (OSError, ValueError):
             pass
         if not os.path.exists(self.path):
-            self._write_new(self.path, [])
+            write_log(self.path, [], self.durable)
         with open(self.path, "rb") as f:
             data = f.read()
         if not data.startswith(HEADER):
             raise ShoutdError("%s is not a shoutd Raft log; move it away to start this member afresh (it then "
                               "catches up from the others)" % self.path)
         pos = len(HEADER)
-        while pos + _RECORD.size <= len(data):
-            length, crc, idx, term = _RECORD.unpack_from(data, pos)
-            command = data[pos + _RECORD.size:pos + _RECORD.size + length]
+        while pos + RECORD.size <= len(data):
+            length, crc, idx, term = RECORD.unpack_from(data, pos)
+            command = data[pos + RECORD.size:pos + RECORD.size + length]
             if len(command) < length or zlib.crc32(struct.pack("<QQ", idx, term) + command) != crc:
                 break
             self._entries.append((command, idx, term))
             self._offsets.append(pos)
-            pos += _RECORD.size + length
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            self._seqs.append(0)
+            pos += RECORD.size + length
+        fd = open_log(self.path)
         if pos != len(data):
             log.warning("%s: discarding %d bytes of a record torn at the end (a crash while writing)",
                         self.path, len(data) - pos)
-            os.ftruncate(self._fd, pos)
-            self._dirty = True
-
-    def _write_new(self, path, entries):
-        """Write a whole log to `path` by way of a temporary file: either all of it is there or none."""
-        tmp = path + ".new"
-        with open(tmp, "wb") as f:
-            f.write(HEADER)
-            for entry in entries:
-                f.write(_record(*entry))
-            f.flush()
+            os.ftruncate(fd, pos)
             if self.durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if self.durable:
-            _fsync_path(self._dir, directory=True)
+                os.fsync(fd)
+        self._end = pos
+        return fd
 
     def _convert(self, legacy):
         old = FileJournal(legacy)
@@ -136,8 +116,8 @@ class DurableJournal(Journal):
         self._meta = {"term": old.getCurrentTerm(), "voted_for": old.getVotedForNodeId(),
                       "commit": old.getRaftCommitIndex()}
         old._destroy()
-        self._write_new(self.path, entries)
-        self._store_meta()
+        write_log(self.path, entries, self.durable)
+        write_meta(self.path, self._meta, self.durable)
         for suffix in ("", ".meta"):
             if os.path.exists(legacy + suffix):
                 os.replace(legacy + suffix, legacy + suffix + ".converted")
@@ -159,51 +139,51 @@ class DurableJournal(Journal):
                     self.deleteEntriesTo(i)
                 return
 
-    # -- PySyncObj's Journal interface --------------------------------------------
+    # -- PySyncObj's Journal interface (the tick thread) -------------------------------
 
     def add(self, command, idx, term):
         entry = (command, idx, term)
         if self._pending and self._pending[0][0] == entry:
-            _, offset = self._pending.pop(0)          # deleted, then sent again unchanged: still on disk
-            self._entries.append(entry)
-            self._offsets.append(offset)
+            _, offset, seq = self._pending.pop(0)     # deleted, then sent again unchanged: still on disk
+            self._keep(entry, offset, seq)
             return
         self._cut()
-        offset = os.lseek(self._fd, 0, os.SEEK_END)
-        os.write(self._fd, _record(command, idx, term))
+        data = record(command, idx, term)
+        offset, self._end = self._end, self._end + len(data)
+        self._keep(entry, offset, self.flusher.submit("append", data))
+
+    def _keep(self, entry, offset, seq):
         self._entries.append(entry)
         self._offsets.append(offset)
-        self._dirty = True
+        self._seqs.append(seq)
 
     def deleteEntriesFrom(self, entryFrom):
-        cut = list(zip(self._entries[entryFrom:], self._offsets[entryFrom:]))
+        self.epoch += 1
+        cut = list(zip(self._entries[entryFrom:], self._offsets[entryFrom:], self._seqs[entryFrom:]))
         self._pending = cut + self._pending
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
+        del self._seqs[entryFrom:]
 
     def deleteEntriesTo(self, entryTo):
         self._cut()
-        kept = self._entries[entryTo:]
-        os.close(self._fd)
-        self._write_new(self.path, kept)
-        self._entries, self._offsets = [], []
-        self._pending = []
-        self._load_after_rewrite(kept)
-
-    def _load_after_rewrite(self, kept):
-        pos = len(HEADER)
-        for entry in kept:
-            self._entries.append(entry)
+        del self._entries[:entryTo]
+        del self._seqs[:entryTo]
+        self._offsets, pos = [], len(HEADER)
+        for command, _, _ in self._entries:
             self._offsets.append(pos)
-            pos += _RECORD.size + len(entry[0])
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
-        self._dirty = False
+            pos += RECORD.size + len(command)
+        self._end = pos
+        # Entries keep their sequence numbers: they were durable in the old
+        # file and stay so in the new one, which replaces it atomically.
+        self.flusher.submit("rewrite", list(self._entries))
 
     def clear(self):
+        self.epoch += 1
         self._pending = []
-        os.ftruncate(self._fd, len(HEADER))
-        self._entries, self._offsets = [], []
-        self._dirty = True
+        self._entries, self._offsets, self._seqs = [], [], []
+        self._end = len(HEADER)
+        self.flusher.submit("truncate", self._end)
 
     def __getitem__(self, item):
         return self._entries[item]
@@ -213,8 +193,8 @@ class DurableJournal(Journal):
 
     def _destroy(self):
         self._cut()
-        self._store_meta()
-        os.close(self._fd)
+        self._write_meta()
+        self.flusher.close()
 
     def setRaftCommitIndex(self, raftCommitIndex):
         if self._meta["commit"] != raftCommitIndex:
@@ -225,9 +205,10 @@ class DurableJournal(Journal):
         return self._meta["commit"]
 
     def setCurrentTerm(self, term, votedForNodeId):
-        # Raft: the term and vote must be on disk before any message shows them.
+        # Raft: the term and vote must be on disk before any message shows
+        # them; the transport holds messages until meta_durable().
         self._meta["term"], self._meta["voted_for"] = term, votedForNodeId
-        self._store_meta()
+        self._vote_seq = self._write_meta()
 
     def getCurrentTerm(self):
         return self._meta["term"]
@@ -237,47 +218,46 @@ class DurableJournal(Journal):
 
     def onOneSecondTimer(self):
         if self._meta_dirty:
-            self._store_meta()
+            self._write_meta()
 
     # -- ours ------------------------------------------------------------------------
 
     def _cut(self):
         """Really delete what was deleted and not sent again."""
         if self._pending:
-            os.ftruncate(self._fd, self._pending[0][1])
+            self._end = self._pending[0][1]
             self._pending = []
-            self._dirty = True
+            self.flusher.submit("truncate", self._end)
 
-    def _store_meta(self):
-        tmp = self.path + ".meta.new"
-        with open(tmp, "w") as f:
-            json.dump(self._meta, f)
-            f.flush()
-            if self.durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.path + ".meta")
-        if self.durable:
-            _fsync_path(self._dir, directory=True)
+    def _write_meta(self):
         self._meta_dirty = False
+        return self.flusher.submit("meta", dict(self._meta))
 
-    def sync(self):
-        """Make every entry appended so far durable (and a new snapshot file)."""
+    def durable_index(self):
+        """The last log index that is on disk, with everything before it (the snapshot covers what precedes the log)."""
+        if not self._entries:
+            return 0
+        done = self.flusher.durable_seq
+        if self._seqs[-1] <= done:
+            return self._entries[-1][1]
+        held = bisect.bisect_right(self._seqs, done)
+        return self._entries[held - 1][1] if held else self._entries[0][1] - 1
+
+    def meta_durable(self):
+        """The term and vote as they are now are on disk (a commit index still on its way does not matter)."""
+        return self._vote_seq <= self.flusher.durable_seq
+
+    def term_at(self, idx):
+        """The term of the entry at log index `idx`, or None if the log does not hold it."""
+        if not self._entries:
+            return None
+        pos = idx - self._entries[0][1]
+        return self._entries[pos][2] if 0 <= pos < len(self._entries) else None
+
+    def flush(self, timeout=None):
+        """Block until everything so far is on disk (the stale tail cut too): for a lone node and for tests."""
         self._cut()
-        if not self.durable:
-            return
-        if self._dirty:
-            self._dirty = False
-            os.fsync(self._fd)
-        if self._dump is not None:
-            try:
-                st = os.stat(self._dump)
-            except FileNotFoundError:
-                return
-            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if seen != self._dump_seen:
-                _fsync_path(self._dump)
-                _fsync_path(self._dir, directory=True)
-                self._dump_seen = seen
+        return self.flusher.wait(timeout=timeout)
 
 
 _factory_lock = threading.Lock()
