@@ -12,7 +12,15 @@ What the rest of shoutd gets from here:
   applied here.  A node that restarts and wins the election may believe a
   commit index older than the entries it holds; nothing acts on the state
   (kernel, Docker, READY=1) before this event.
-- `health()`: whether the tick thread is alive and ticking, for the watchdog.
+- `health()`: whether the tick thread is alive and ticking and the journal
+  writable, for the watchdog.
+
+Nothing slow runs on the tick thread, which sends the heartbeats: the
+journal is written by a thread of its own (flusher.py), and what may be
+claimed meanwhile is decided from what is on disk (durability.py).
+Elections need a won pre-vote (election.py), so a member that was stuck or
+cut off cannot depose a healthy leader.  Every leader change and election is
+logged, one line each.
 
 A definite answer.  PySyncObj reports some failures that may still commit
 later (the leader changed while a forwarded command was in flight), and a
@@ -21,12 +29,15 @@ timeout says nothing at all.  Such a command is settled by proposing
 never take effect, or it already has and its result is returned.  Only when
 even the withdrawal cannot commit (no quorum) does the caller get an
 "outcome unknown" error, and the withdrawal goes on in the background.
-Commands are never queued while there is no leader (commandsWaitLeader is
-off): a host in a minority answers NoQuorum within seconds and nothing it
-refused commits when the partition heals.
+Commands are never queued inside PySyncObj while there is no leader
+(commandsWaitLeader is off), so nothing refused commits later.  A write that
+arrives during an election waits here for the new leader, up to WRITE_WAIT;
+a host that has had no leader for longer than that (a minority) refuses at
+once, naming the members it cannot reach.
 """
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import threading
@@ -35,18 +46,28 @@ import uuid
 from dataclasses import dataclass, field
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
+from pysyncobj.syncobj import _RAFT_STATE
 
 from ..errors import NO_QUORUM, OUTCOME_UNKNOWN, UNAVAILABLE, ShoutdError
 from . import journal
+from .durability import Durability
+from .election import Elections
 from .machine import NUDGE, Handover, LoopReplica, TickMachine
 from .transport import GuardedTransport
 
 log = logging.getLogger(__name__)
 
-ELECTION_MIN, ELECTION_MAX = 0.4, 1.4     # seconds without a leader before an election
-LEADER_FALLBACK = 2.0     # a leader that hears from no majority for this long steps down
+# Seconds without a leader before a member asks for pre-votes.  Heartbeats
+# go every 0.1 s; under a Docker load the leader's gaps reach ELECTION_MIN
+# never (bench/heartbeat.py: see the README), and a dead leader is replaced
+# within ELECTION_MAX plus a round trip, within the 3 s failover goal.
+ELECTION_MIN, ELECTION_MAX = 1.0, 2.0
+LEADER_FALLBACK = 2.5     # a leader that hears from no majority for this long steps down
 CONNECTION_TIMEOUT = 3.5  # PySyncObj drops a connection silent for this long
-QUORUM_WAIT = 3.0         # how long a write waits for a leader to appear (an election) before NoQuorum
+# How long a write waits for a leader (an election, a failover) before it is
+# refused: twice the longest failover, far within Docker's plugin timeout.
+WRITE_WAIT = 6.0
+STALE_STATUS = 0.5        # a status the tick thread has not refreshed for this long says nothing
 SUBMIT_TIMEOUT = 10.0
 SETTLE_TIME = 5.0         # after a timeout, how long to try to settle the outcome before answering
 WITHDRAW_TRY = 2.0        # one attempt to withdraw
@@ -74,6 +95,8 @@ class RaftStatus:
     term: int = 0
     role: str = "follower"
     has_quorum: bool = False
+    unreachable: tuple = ()                     # members this host cannot reach, as far as it can tell
+    leader_changed: float = 0.0                 # wall-clock time of the last leader change seen here
     replayed: bool = False                      # PySyncObj applied what it knows to be committed (not
                                                 # yet enough to act on: see caught_up)
     nodes: dict = field(default_factory=dict)   # member -> "self" | "connected" | "disconnected"
@@ -99,10 +122,12 @@ class Problem:
 class _Hooks:
     """What the transport and the tick call back into, on the tick thread."""
 
-    def __init__(self, before_ack, utility_messages):
-        self.before_ack = before_ack
+    def __init__(self, durability, elections, utility_messages):
+        self.durability = durability
+        self.elections = elections
         self.utility_messages = utility_messages
         self.transport = None            # the transport registers itself as PySyncObj builds it
+        self.wake = None                 # and how to wake the tick thread (the journal's flusher calls it)
 
 
 class _SyncObj(SyncObj):
@@ -154,6 +179,8 @@ class RaftNode:
         self._on_change = lambda: None
         self._last_tick = time.monotonic()
         self._quorum_seen = time.monotonic()     # a new node gets the full wait for its first election
+        self._leader_seen = (None, 0)            # (leader, term) last logged
+        self._election_logged = 0                # the last term whose election was logged
         self._settling = set()
         self._generation = 0
         self._tick_thread = None
@@ -184,26 +211,28 @@ class RaftNode:
             raftMaxTimeout=ELECTION_MAX,
             leaderFallbackTimeout=LEADER_FALLBACK,
         )
-        hooks = _Hooks(self._sync_journal, self.utility_messages)
         others = [p for p in peer_addrs if p != self.self_addr]
         # The tick thread starts inside SyncObj(): everything the hooks use
         # must exist before, hence the slots filled by the builders.
         with journal.building(dump_file, self.durable, self._legacy) as self._journal_slot:
-            self.sync = _SyncObj(self._before_tick, lambda sync: self._after_tick(sync, hooks, generation),
+            hooks = _Hooks(Durability(self._journal_slot), Elections(ELECTION_MIN, ELECTION_MAX),
+                           self.utility_messages)
+            self._hooks = hooks
+            self.sync = _SyncObj(lambda sync: self._before_tick(sync, hooks),
+                                 lambda sync: self._after_tick(sync, hooks, generation),
                                  self.self_addr, others, conf=conf, consumers=[self.machine],
                                  transportClass=GuardedTransport.with_hooks(hooks))
+        for j in self._journal_slot:
+            j.flusher.on_durable = hooks.wake
 
     # -- the tick thread -----------------------------------------------------
 
-    def _sync_journal(self):
-        for j in self._journal_slot:
-            j.sync()
-
-    def _before_tick(self, sync):
-        # A leader counts its own copy of an entry towards a commit during the
-        # tick: make that copy durable first (see journal.py).
+    def _before_tick(self, sync, hooks):
         self._tick_thread = threading.current_thread()
-        self._sync_journal()
+        if hooks.transport is None:
+            return                       # PySyncObj is still being built
+        hooks.durability.before_tick(sync)
+        hooks.elections.before_tick(sync, hooks.transport.send)
 
     def _after_tick(self, sync, hooks, generation):
         if generation != self._generation:
@@ -217,23 +246,45 @@ class RaftNode:
         for n in others:
             nodes[n.id] = "connected" if sync.isNodeConnected(n) else "disconnected"
         fresh = {n.id for n in others if now - heard.get(n.id, -1e9) <= ELECTION_MAX}
+        silent = tuple(sorted(n.id for n in others if n.id not in fresh))
         if sync._isLeader():
             role, quorum = "leader", len(fresh) + 1 > (len(others) + 1) / 2
-        elif leader is not None:
-            role, quorum = "follower", leader.id in fresh
+            unreachable = silent
+        elif leader is not None and leader.id in fresh:
+            role, quorum, unreachable = "follower", True, ()
+            hooks.elections.settled()
         else:
-            role, quorum = "candidate", False
-        silent = tuple(sorted(n.id for n in others if n.id not in fresh))
+            # Followers hear only the leader, so who else is unreachable shows
+            # only once this host has asked for pre-votes for a while.
+            role, quorum = "follower" if leader is not None else "candidate", False
+            unreachable = hooks.elections.unanswered(heard, [n.id for n in others], now)
+            if leader is not None and leader.id not in unreachable:
+                unreachable = tuple(sorted(unreachable + (leader.id,)))
         status = RaftStatus(self=self.self_addr, leader=leader.id if leader is not None else None,
                             term=sync.raftCurrentTerm, role=role, has_quorum=quorum, replayed=sync.isReady(),
-                            nodes=nodes, silent=silent, commit_index=sync.raftCommitIndex,
+                            nodes=nodes, silent=silent, unreachable=unreachable,
+                            leader_changed=self.status.leader_changed, commit_index=sync.raftCommitIndex,
                             last_applied=sync.raftLastApplied)
         if quorum:
             self._quorum_seen = now
+        status = self._log_events(status, sync)
         changed = status.key() != self.status.key()
         self.status = status
         if changed:
             call_on(self.loop, self._status_moved)
+
+    def _log_events(self, status, sync):
+        """One line per election and per leader change (seen here); the status records when the leader changed."""
+        if sync._SyncObj__raftState == _RAFT_STATE.CANDIDATE and status.term > self._election_logged:
+            self._election_logged = status.term
+            log.info("election for term %d: this host asks for votes", status.term)
+        if status.leader is not None and (status.leader, status.term) != self._leader_seen:
+            before = self._leader_seen[0]
+            self._leader_seen = (status.leader, status.term)
+            if status.leader != before:
+                log.info("leader changed: %s in term %d (before: %s)", status.leader, status.term, before or "none")
+                status = dataclasses.replace(status, leader_changed=time.time())
+        return status
 
     # -- the loop side ---------------------------------------------------------
 
@@ -261,6 +312,9 @@ class RaftNode:
         """None while the tick thread is alive and ticking, else a Problem."""
         if self._rebuilding:
             return None
+        failed = next((j.flusher.failed for j in self._journal_slot if j.flusher.failed), None)
+        if failed:
+            return Problem(failed, fatal=True)
         if not self.sync.tick_thread_alive():
             return Problem("the Raft thread has stopped", fatal=True)
         silent = time.monotonic() - self._last_tick
@@ -270,6 +324,10 @@ class RaftNode:
 
     def members(self):
         return sorted(self.status.nodes)
+
+    def slowest_flush(self):
+        """The slowest journal flush of the last ten minutes, in seconds."""
+        return max((j.flusher.slowest() for j in self._journal_slot), default=0.0)
 
     def _bridge(self):
         """A future on the loop and a PySyncObj callback (tick thread) that settles it."""
@@ -283,14 +341,17 @@ class RaftNode:
             call_on(loop, settle)
         return fut, callback
 
-    async def until_quorum(self, wait=QUORUM_WAIT, describe=None):
+    async def until_quorum(self, wait=WRITE_WAIT, describe=None):
         """Return once the cluster has a reachable leader; raise NoQuorum after `wait` seconds.
 
-        The wait covers an election in progress; a host that has been without
-        a quorum for longer than that refuses at once.
+        The wait rides out an election.  A host that has been without a
+        leader for longer than WRITE_WAIT (a minority) refuses at once; time
+        in which the tick thread did not run (the status is stale) never
+        counts as time without a leader.
         """
-        lost_for = time.monotonic() - self._quorum_seen
-        deadline = self.loop.time() + max(0.0, min(wait, QUORUM_WAIT - lost_for))
+        now = time.monotonic()
+        lost_for = now - self._quorum_seen if now - self._last_tick < STALE_STATUS else 0.0
+        deadline = self.loop.time() + max(0.0, min(wait, WRITE_WAIT - lost_for))
         while not self.status.has_quorum:
             left = deadline - self.loop.time()
             if left <= 0:
@@ -305,11 +366,11 @@ class RaftNode:
         describe = describe or (lambda member: member)
         st = self.status
         total = len(st.nodes)
-        unreachable = [describe(m) for m in sorted(st.nodes) if m in st.silent]
+        unreachable = [describe(m) for m in st.unreachable]
         text = "the cluster has no quorum: %d of its %d members must reach each other to elect a leader" \
                % (total // 2 + 1, total)
         if unreachable:
-            text += ", and this host, %s, has not heard from %s. Bring %s back or reconnect them (TCP port %s)" \
+            text += ", and this host, %s, cannot reach %s. Bring %s back or reconnect them (TCP port %s)" \
                 % (describe(self.self_addr), " or ".join(unreachable), "it" if len(unreachable) == 1 else "them",
                    self.self_addr.rsplit(":", 1)[1])
         elif st.leader is None:
@@ -348,23 +409,33 @@ class RaftNode:
         """Replicate `op`; return its value, or raise ShoutdError with a definite outcome.
 
         Every refusal means the op will never take effect.  The one exception
-        is an error named OutcomeUnknown, which says so.
+        is an error named OutcomeUnknown, which says so.  An attempt that an
+        election cut short, and that is known to have had no effect, is made
+        again (as a new request) for up to WRITE_WAIT: the caller sees the
+        write succeed once the new leader is in place.
         """
         op = dict(op)
         op.setdefault("req", new_request_id())
         name = op.get("op")
         self._ensure_attached()
-        await self.until_quorum(min(QUORUM_WAIT, timeout), describe)
-        outcome, detail = await self._propose(op, timeout)
-        if outcome == UNKNOWN:
-            log.info("%s %s: %s; withdrawing it", name, op["req"], detail)
-            outcome, detail = await self._settle(op, SETTLE_TIME)
+        retry_until = self.loop.time() + WRITE_WAIT
+        while True:
+            await self.until_quorum(min(WRITE_WAIT, timeout), describe)
+            outcome, detail = await self._propose(op, timeout)
             if outcome == UNKNOWN:
-                self._settle_later(op)
-                raise ShoutdError("the cluster did not confirm %s and cannot tell yet whether it took effect (%s); "
-                                  "shoutd keeps settling it and undoes it if it did. Try again once the cluster "
-                                  "has a quorum" % (name, self.no_quorum_message(describe)),
-                                  UNAVAILABLE, OUTCOME_UNKNOWN)
+                log.info("%s %s: %s; withdrawing it", name, op["req"], detail)
+                outcome, detail = await self._settle(op, SETTLE_TIME)
+                if outcome == UNKNOWN:
+                    self._settle_later(op)
+                    raise ShoutdError("the cluster did not confirm %s and cannot tell yet whether it took effect "
+                                      "(%s); shoutd keeps settling it and undoes it if it did. Try again once the "
+                                      "cluster has a quorum" % (name, self.no_quorum_message(describe)),
+                                      UNAVAILABLE, OUTCOME_UNKNOWN)
+            if outcome != REFUSED or self.loop.time() >= retry_until:
+                break
+            log.info("%s %s: %s, nothing was changed; trying again", name, op["req"], detail)
+            op = dict(op, req=new_request_id())
+            await asyncio.sleep(0.1)  # a refusal comes at once: give the election a moment
         if outcome == REFUSED:
             if not self.status.has_quorum:
                 raise ShoutdError("cannot %s: %s" % (name, self.no_quorum_message(describe)), UNAVAILABLE, NO_QUORUM)
@@ -382,7 +453,7 @@ class RaftNode:
             if left <= 0:
                 return UNKNOWN, None
             try:
-                await self.until_quorum(min(left, QUORUM_WAIT))
+                await self.until_quorum(min(left, WRITE_WAIT))
             except ShoutdError:
                 return UNKNOWN, None         # no majority in sight: answer now, settle in the background
             if self.status.has_quorum:

@@ -44,8 +44,11 @@ rejection (reset) only ever back.
 It also serves shoutd's needs from the same place:
 - `heard` records when each member last sent a message, for an honest
   quorum (PySyncObj's hasQuorum only counts open TCP connections);
-- before a follower acknowledges entries, `before_ack` runs (the journal's
-  fsync, see journal.py);
+- every outgoing message passes the durability rules (durability.py): an
+  acknowledgement claims only what is on disk, and nothing leaves while the
+  term or vote is not; the journal's flusher wakes the tick thread through a
+  pipe when the disk has caught up, and what was held goes out then;
+- pre-votes, and vote requests that a follower ignores (election.py);
 - the join request, a utility message that only holders of the secret can
   send (see join.py).
 """
@@ -57,6 +60,7 @@ import socket
 import struct
 import time
 
+from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
@@ -209,7 +213,7 @@ class GuardedTransport(TCPTransport):
     """TCPTransport with the guards above.
 
     PySyncObj builds its transport itself, from a class; `with_hooks` makes
-    the class that carries one node's hooks (before_ack, the join request).
+    the class that carries one node's hooks (durability, elections, the join request).
     """
 
     hooks = None
@@ -224,6 +228,9 @@ class GuardedTransport(TCPTransport):
         super().__init__(syncObj, selfNode, otherNodes)
         if self.hooks is not None:
             self.hooks.transport = self
+            # The journal's flusher thread writes to this pipe; the tick
+            # thread, polling it, then sends what waited for the disk.
+            self.hooks.wake = PipeNotifier(syncObj._poller, self._release).notify
             for name, callback in self.hooks.utility_messages.items():
                 self.setOnUtilityMessageCallback(name, callback)
 
@@ -261,6 +268,7 @@ class GuardedTransport(TCPTransport):
             self._ready = False           # bind again at the next tick
         if self._server is not None:
             self._server.tick()
+        self._release()
         if self._pending:
             deadline = time.monotonic() - AUTH_TIMEOUT
             for conn, (since, _) in list(self._pending.items()):
@@ -271,8 +279,14 @@ class GuardedTransport(TCPTransport):
 
     def setOnMessageReceivedCallback(self, callback):
         if callback is not None:
-            callback = functools.partial(_raft_fixes, self._syncObj, callback)
+            callback = functools.partial(self._on_message, functools.partial(_raft_fixes, self._syncObj, callback))
         super().setOnMessageReceivedCallback(callback)
+
+    def _on_message(self, handle, node, message):
+        if self.hooks is not None and isinstance(message, dict) and self.hooks.elections.on_message(
+                self._syncObj, node, message, self.heard, self.send):
+            return
+        handle(node, message)
 
     def _onIncomingMessageReceived(self, conn, message):
         # Any message that reached here was decrypted with the secret.
@@ -292,7 +306,17 @@ class GuardedTransport(TCPTransport):
     # -- outgoing ------------------------------------------------------------
 
     def send(self, node, message):
-        if self.hooks is not None and isinstance(message, dict) and message.get("type") == "next_node_idx" \
-                and message.get("success"):
-            self.hooks.before_ack()
+        if self.hooks is None:
+            return super().send(node, message)
+        sent = True
+        for to, msg in self.hooks.durability.outgoing(node, message, self._syncObj.raftCurrentTerm):
+            sent = self._deliver(to, msg) and sent
+        return sent
+
+    def _deliver(self, node, message):
         return super().send(node, message)
+
+    def _release(self):
+        if self.hooks is not None:
+            for to, msg in self.hooks.durability.release(self._syncObj.raftCurrentTerm):
+                self._deliver(to, msg)

@@ -67,15 +67,15 @@ class Silence:
 
     def __enter__(self):
         t = self.transport
-        self.saved = t.send, t._onMessageReceivedCallback, t.heard
-        t.send = lambda node, message: False
+        self.saved = t.send, t._deliver, t._onMessageReceivedCallback, t.heard
+        t.send = t._deliver = lambda node, message: False
         t._onMessageReceivedCallback = None
         t.heard = _Deaf()
         return self
 
     def __exit__(self, *exc):
         t = self.transport
-        t.send, t._onMessageReceivedCallback, t.heard = self.saved
+        t.send, t._deliver, t._onMessageReceivedCallback, t.heard = self.saved
 
 
 def test_concurrent_allocation_from_three_nodes_never_duplicates(trio):
@@ -132,7 +132,7 @@ def test_a_lone_node_without_quorum_says_so_fast():
         with pytest.raises(ShoutdError) as err:
             await node.submit({"op": "ip_allocate", "node": "a", "network": "n"})
         assert err.value.name == "NoQuorum" and "no quorum" in str(err.value) and b in str(err.value)
-        assert time.monotonic() - started < node_module.QUORUM_WAIT + 2, "refused within seconds, not queued"
+        assert time.monotonic() - started < node_module.WRITE_WAIT + 2, "refused within seconds, not queued"
     try:
         asyncio.run(main())
     finally:
