@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
@@ -87,10 +88,24 @@ def show_status(st):
     if "Applied" in st:
         # Equal on every host that has applied the same log.
         print("state    %d operations applied, digest %s" % (st["Applied"], st["StateDigest"]))
+    if "LeaderChanged" in st:
+        print("raft     %s; slowest journal flush (10 min) %.3f s" % (leader_change(st["LeaderChanged"]),
+                                                                       st["SlowestFlush"]))
+        if st["Unreachable"]:
+            print("cannot reach %s" % ", ".join(st["Unreachable"]))
     print()
     show_members(st)
     print()
     show_networks(st)
+
+
+def leader_change(when, now=None):
+    if not when:
+        return "no leader change seen since shoutd started"
+    ago = max(0, int((now or time.time()) - when))
+    return "leader changed %s (%s ago)" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)),
+                                            "%dh%02dm" % (ago // 3600, ago % 3600 // 60) if ago >= 3600
+                                            else "%dm%02ds" % (ago // 60, ago % 60))
 
 
 def show_members(st):
@@ -137,7 +152,8 @@ def as_json(st, part=None):
            "ready": st["Ready"], "applied": st.get("Applied"), "digest": st.get("StateDigest"),
            "members": [dict(zip(("address", "vtep", "hostname", "state"), m)) for m in st["Members"]],
            "networks": [dict(zip(("name", "subnet", "vni", "endpoints"), n)) for n in st["Networks"]],
-           "kernel_prunes": st.get("KernelPrunes")}
+           "kernel_prunes": st.get("KernelPrunes"), "unreachable": st.get("Unreachable"),
+           "leader_changed": st.get("LeaderChanged"), "slowest_flush": st.get("SlowestFlush")}
     modes = {m[0]: (m[1], {g: hosts for g, hosts in m[2]}) for m in st.get("Multicast", [])}
     for n in out["networks"]:
         n["multicast"], n["groups"] = modes.get(n["name"] or n["subnet"], ("", {}))

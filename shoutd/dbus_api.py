@@ -54,7 +54,12 @@ def status_variant(st):
                                                   [[g, hosts] for g, hosts in n["groups"]]]
                                                  for n in st["networks"]]),
             # False on kernels before 6.4: this host sends every group to every host.
-            "KernelPrunes": Variant("b", st["kernel_prunes"])}
+            "KernelPrunes": Variant("b", st["kernel_prunes"]),
+            # Raft as this host sees it: whom it cannot reach, when the leader last changed
+            # (Unix seconds, 0 if never seen), the slowest journal flush of the last 10 minutes.
+            "Unreachable": Variant("as", st["unreachable"]),
+            "LeaderChanged": Variant("d", float(st["leader_changed"])),
+            "SlowestFlush": Variant("d", float(st["slowest_flush"]))}
 
 
 class ShoutdInterface(ServiceInterface):

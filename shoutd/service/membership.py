@@ -74,7 +74,8 @@ class Membership:
                 "quorum": st.has_quorum, "ready": raft.caught_up.is_set() and st.has_quorum,
                 "members": members, "networks": networks, "applied": applied, "digest": digest,
                 "commit_index": st.commit_index, "last_applied": st.last_applied,
-                "kernel_prunes": self.cluster.kernel_prunes}
+                "kernel_prunes": self.cluster.kernel_prunes, "unreachable": list(st.unreachable),
+                "leader_changed": st.leader_changed, "slowest_flush": raft.slowest_flush()}
 
     def _groups(self, state, net):
         """[(group, ["hostname (VTEP)"])] of a pruned network: who listens to what."""

@@ -95,6 +95,12 @@ def test_shoutdctl_tables_json_and_exit_codes(world):
     world.host().start(world.secret(), bus)
     res = bus.ctl("status")
     assert res.returncode == 0 and "MEMBER" in res.stdout and "198.20.0.1:7380" in res.stdout
+    # Raft's own events: when the leader last changed (this host's own election) and the slowest flush.
+    assert "leader changed 20" in res.stdout and "slowest journal flush (10 min)" in res.stdout, res.stdout
+    st = status(bus)
+    assert st["LeaderChanged"] > 0 and st["SlowestFlush"] >= 0 and st["Unreachable"] == []
+    st = json.loads(bus.ctl("--json", "status").stdout)
+    assert st["leader_changed"] > 0 and "slowest_flush" in st
     res = bus.ctl("--json", "peers")
     assert res.returncode == 0 and json.loads(res.stdout)[0]["address"] == "198.20.0.1:7380"
     assert json.loads(bus.ctl("--json", "networks").stdout) == []

@@ -41,6 +41,9 @@ class FakeRaft:
     def no_quorum_message(self, describe=None):
         return "the cluster has no quorum: no leader is elected yet"
 
+    def slowest_flush(self):
+        return 0.0
+
     async def submit(self, op, timeout=10.0, describe=None):
         op = dict(op)
         op.setdefault("req", new_request_id())

@@ -53,3 +53,14 @@ def test_status_shows_each_network_s_mode_its_listeners_and_a_kernel_that_cannot
     assert "kernel has no VXLAN multicast database" in capsys.readouterr().out
     ctl.show_status(status_with(False, "flood"))            # nothing to prune there anyway
     assert "note:" not in capsys.readouterr().out
+
+
+def test_status_shows_the_last_leader_change_the_slowest_flush_and_whom_it_cannot_reach(capsys):
+    st = dict(status_with(True, "flood"), LeaderChanged=1_000_000.0, SlowestFlush=1.234,
+              Unreachable=["198.18.0.3:7380"])
+    ctl.show_status(st)
+    out = capsys.readouterr().out
+    assert "slowest journal flush (10 min) 1.234 s" in out and "cannot reach 198.18.0.3:7380" in out, out
+    assert "leader changed 1970-01-12" in out or "leader changed 1970-01-11" in out, out
+    assert ctl.leader_change(100.0, now=100.0 + 3725).endswith("(1h02m ago)")
+    assert ctl.leader_change(0.0) == "no leader change seen since shoutd started"
