@@ -165,10 +165,10 @@ class Host:
     def netns(self, cmd, check=True):
         return sh("ip netns exec %s %s" % (self.name, cmd), check=check)
 
-    def start(self, secret_file, bus=None, peers=(), env=None, wrap=(), wait=True, extra=()):
+    def start(self, secret_file, bus=None, peers=(), env=None, wrap=(), wait=True, extra=(), module="shoutd"):
         self.bus = bus or self.bus
         cmd = ["nsenter", "--net=/run/netns/" + self.name] + list(wrap) + [
-            sys.executable, "-m", "shoutd", "--config", os.path.join(self.dir, "none.conf"),
+            sys.executable, "-m", module, "--config", os.path.join(self.dir, "none.conf"),
             "--advertise-address", self.ip, "--peers", ",".join(peers),
             "--plugin-socket", self.socket,
             "--docker-socket", os.path.join(self.dir, "no-docker.sock"),

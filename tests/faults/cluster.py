@@ -27,6 +27,7 @@ def seed():
 class Cluster:
     def __init__(self, tmp, size=3):
         self.world = World(tmp, subnet="198.21.0")
+        # Every daemon runs the test build whose disk a nemesis can slow down (slowdisk.py).
         self.secret = self.world.secret()
         self.hosts = [self.world.host() for _ in range(size)]
         self.partitioned = set()
@@ -45,7 +46,8 @@ class Cluster:
     def start(self, *hosts, wait=True):
         for h in hosts:
             if not h.running():
-                h.start(self.secret, peers=[o.ip for o in self.hosts if o is not h], wait=False)
+                h.start(self.secret, peers=[o.ip for o in self.hosts if o is not h], wait=False,
+                        module="tests.faults.slowdisk", env={"SHOUTD_TEST_FSYNC_DELAY": self._delay_file(h)})
         if wait:
             for h in hosts:
                 h.wait_registered(timeout=60)
@@ -68,6 +70,15 @@ class Cluster:
             return leaders.pop() if len(leaders) == 1 and "" not in leaders else None
         member = wait_for(agreed, timeout=30, what="an agreed leader")
         return next(h for h in self.hosts if h.member == member)
+
+    def slow_disk(self, host, seconds):
+        """From now on each fsync of `host`'s shoutd takes `seconds` longer (0: its disk is well again)."""
+        with open(self._delay_file(host), "w") as f:
+            f.write(str(seconds))
+
+    @staticmethod
+    def _delay_file(host):
+        return os.path.join(host.dir, "fsync-delay")
 
     def pause(self, host, seconds):
         host.signal(signal.SIGSTOP)
