@@ -13,13 +13,16 @@ Used by the end-to-end tests, the benchmark and the demo:
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+from slowdisk import set_delay
 from support import iperf_listening, iperf_summary, sh, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +30,7 @@ IMAGE = "shoutd-lab"
 IMAGE_CACHE = "/var/tmp/shoutd-lab-image-2.tar"     # bump when the image's contents change
 TOOLS = ["iperf", "arping", "tcpdump"]
 LOCK_WAIT = 1800         # seconds to wait for another lab of the same name (another test run) to finish
+BIG_TAR = "/var/tmp/shoutd-big-400M.tar"    # an image whose import keeps a disk busy (issue 12)
 
 
 def docker_binary():
@@ -70,6 +74,42 @@ def build_image(path):
     sh("tar -C %s -cf %s ." % (tree, path))
     shutil.rmtree(tree)
     return path
+
+
+def big_image_tar(path=BIG_TAR, megabytes=400):
+    """A tarball of incompressible data: every `docker import` of it really writes it all."""
+    if not os.path.exists(path):
+        tree = path + ".d"
+        os.makedirs(tree, exist_ok=True)
+        sh("head -c %dM /dev/urandom > %s/blob" % (megabytes, tree))
+        sh("tar -C %s -cf %s.part . && mv %s.part %s" % (tree, path, path, path))
+        shutil.rmtree(tree)
+    return path
+
+
+class ImageImports:
+    """While in effect, `host`'s dockerd imports a big image again and again (as `docker pull` writes one)."""
+
+    def __init__(self, host, tar=None):
+        self.host, self.tar = host, tar or big_image_tar()
+        self.codes = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        n = 0
+        while not self._stop.is_set():
+            self.codes.append(self.host.docker("import", self.tar, "big:%d" % n, check=False, timeout=600).returncode)
+            self.host.docker("rmi", "big:%d" % n, check=False)
+            n += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(600)
 
 
 class Host:
@@ -166,14 +206,32 @@ class Host:
             with open(conf, "a") as f:
                 f.write("log_level = debug\n")
         out = open(self.log, "ab")
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        env = dict(os.environ, PYTHONPATH=ROOT, SHOUTD_TEST_FSYNC_DELAY=self.fsync_delay)
+        # A lab with slow disks runs the test build whose fsync a test can slow down (slowdisk.py).
+        module = "tests.slowdisk" if self.lab.slow_disks else "shoutd"
         self.shoutd = subprocess.Popen(
-            ["nsenter", "--net=/run/netns/" + self.name, self.lab.python, "-m", "shoutd",
+            ["nsenter", "--net=/run/netns/" + self.name, self.lab.python, "-m", module,
              "--config", conf], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def fsync_delay(self):
+        return os.path.join(self.dir, "fsync-delay")
+
+    def slow_disk(self, low, high=None):
+        """From now on each fsync of this host's shoutd takes low (to high) seconds longer; 0: well again."""
+        assert self.lab.slow_disks, "only a Lab(slow_disks=True) runs the build whose disk can be slowed"
+        set_delay(self.fsync_delay, low, high)
 
     def log_tail(self, chars=4000):
         with open(self.log) as f:
             return f.read()[-chars:]
+
+    def raft_events(self):
+        """(elections, leader changes) that this run of shoutd logged, each as its log text."""
+        with open(self.log, "rb") as f:
+            f.seek(self.run_log_start)
+            text = f.read().decode(errors="replace")
+        return re.findall(r"election for term \d+", text), re.findall(r"leader changed: \S+ in term \d+", text)
 
     def registered(self):
         """shoutd logs this once per start, when its member record has committed."""
@@ -203,8 +261,9 @@ class Host:
 
 
 class Lab:
-    def __init__(self, hosts=3, base=None, prefix="sl", python=None, authz=()):
+    def __init__(self, hosts=3, base=None, prefix="sl", python=None, authz=(), slow_disks=False):
         self.authz = set(authz)       # hosts whose dockerd asks shoutd to authorize requests
+        self.slow_disks = slow_disks  # shoutd's fsyncs can be slowed down (Host.slow_disk)
         self.base = base or tempfile.mkdtemp(prefix="shoutd-lab-")
         self.prefix = prefix
         self.python = python or "/usr/bin/python3"
@@ -270,6 +329,14 @@ class Lab:
                 wait_for(registered, timeout=timeout, interval=0.3, what="shoutd on " + h.name)
             except AssertionError as e:
                 raise RuntimeError("%s; log:\n%s" % (e, h.log_tail())) from None
+
+    def leader(self, timeout=30):
+        """The host whose shoutd every host last logged as leader (lab hosts have no system bus)."""
+        def agreed():
+            last = {(h.raft_events()[1] or [None])[-1] for h in self.hosts}
+            return last.pop().split()[2] if len(last) == 1 and None not in last else None
+        member = wait_for(agreed, timeout=timeout, what="a leader that every host logged")
+        return next(h for h in self.hosts if member.startswith(h.ip + ":"))
 
     def down_network(self):
         for n in range(1, 10):

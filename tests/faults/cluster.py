@@ -12,6 +12,7 @@ import signal
 import time
 
 from ..hostlab import World
+from ..slowdisk import set_delay
 from ..support import wait_for
 
 POOL = "10.88.0.0/16"
@@ -27,7 +28,7 @@ def seed():
 class Cluster:
     def __init__(self, tmp, size=3):
         self.world = World(tmp, subnet="198.21.0")
-        # Every daemon runs the test build whose disk a nemesis can slow down (slowdisk.py).
+        # Every daemon runs the test build whose disk a nemesis can slow down (tests/slowdisk.py).
         self.secret = self.world.secret()
         self.hosts = [self.world.host() for _ in range(size)]
         self.partitioned = set()
@@ -47,7 +48,7 @@ class Cluster:
         for h in hosts:
             if not h.running():
                 h.start(self.secret, peers=[o.ip for o in self.hosts if o is not h], wait=False,
-                        module="tests.faults.slowdisk", env={"SHOUTD_TEST_FSYNC_DELAY": self._delay_file(h)})
+                        module="tests.slowdisk", env={"SHOUTD_TEST_FSYNC_DELAY": self._delay_file(h)})
         if wait:
             for h in hosts:
                 h.wait_registered(timeout=60)
@@ -73,8 +74,7 @@ class Cluster:
 
     def slow_disk(self, host, seconds):
         """From now on each fsync of `host`'s shoutd takes `seconds` longer (0: its disk is well again)."""
-        with open(self._delay_file(host), "w") as f:
-            f.write(str(seconds))
+        set_delay(self._delay_file(host), seconds)
 
     @staticmethod
     def _delay_file(host):
