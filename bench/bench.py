@@ -17,6 +17,9 @@
    20 times: time until a write succeeds again.
 7. (--parts pruning, four lab hosts) multicast pruning: underlay bytes against
    flooding, join latency, the commits a burst of joins costs (pruning.py).
+8. (--parts heartbeat, four lab hosts) the gaps between the leader's
+   heartbeats, idle and while containers start everywhere and the leader's
+   host imports a big image (heartbeat.py).
 
 Not a test: nothing here asserts a time.  Needs root and the packages of
 .ci/setup.
@@ -235,8 +238,8 @@ def main():
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--kills", type=int, default=20, help="leader kills for the failover figure")
     p.add_argument("--joins", type=int, default=5, help="joins for the pruning part's join latency")
-    p.add_argument("--parts", default="tcp,multicast,run,commit,failover,pruning",
-                   help="comma-separated: tcp, multicast, run, commit, failover, pruning")
+    p.add_argument("--parts", default="tcp,multicast,run,commit,failover,pruning,heartbeat",
+                   help="comma-separated: tcp, multicast, run, commit, failover, pruning, heartbeat")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     figures = {}
@@ -249,6 +252,9 @@ def main():
     if "pruning" in parts:
         import pruning               # here: it needs tcpdump, which the other parts do not
         figures["pruning"] = pruning.run(args.seconds * 2, args.joins)
+    if "heartbeat" in parts:
+        import heartbeat             # here: it needs tcpdump, which the other parts do not
+        figures["heartbeat"] = heartbeat.run(args.seconds * 4)
     report(args, **figures)
 
 
@@ -275,8 +281,11 @@ def in_the_lab(args, parts):
 
 
 def report(args, med=None, raw=None, mc=None, run=None, mem=None, idle=None, commit=None, failover=None,
-           pruning=None):
+           pruning=None, heartbeat=None):
     print("\n== shoutd benchmark (%d rounds of %d s, alternating) ==" % (args.rounds, args.seconds))
+    if heartbeat:
+        import heartbeat as part
+        part.report(heartbeat)
     if pruning:
         import pruning as part
         part.report(pruning)

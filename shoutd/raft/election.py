@@ -80,9 +80,15 @@ class Elections:
         """Handle a pre-vote message, or drop a vote request a sticky follower ignores; True if handled."""
         kind = message.get("type")
         if kind == PRE_VOTE:
-            granted = self._would_vote(sync, message, heard)
+            granted, mine_newer = self._would_vote(sync, node.id, message, heard)
             log.debug("pre-vote for %s in term %s: %s", node.id, message.get("term"), "yes" if granted else "no")
             send(node, {"type": PRE_VOTE_ANSWER, "term": message.get("term"), "granted": granted})
+            if mine_newer:
+                # The asker has seen the leader go too, but this log is newer: it cannot win, this host
+                # can.  Ask now rather than at this host's own timeout, a second later.
+                now = time.monotonic()
+                deadline = sync._SyncObj__raftElectionDeadline
+                sync._SyncObj__raftElectionDeadline = min(deadline, now + random.uniform(0, 0.05))
             return True
         if kind == PRE_VOTE_ANSWER:
             if self._round and message.get("term") == self._round[0] and message.get("granted") is True:
@@ -121,10 +127,21 @@ class Elections:
         leader = sync._getLeader()
         return leader is not None and time.monotonic() - heard.get(leader.id, -1e9) < self.leader_fresh
 
-    def _would_vote(self, sync, message, heard):
+    def _would_vote(self, sync, asker, message, heard):
+        """(whether to say yes, whether this host's own log is the newer one)."""
         if sync.selfNode is None or sync._isLeader() or self._leader_heard(sync, heard):
-            return False
+            return False, False
         term, last_term, last_idx = (message.get(k) for k in ("term", "last_log_term", "last_log_index"))
         if not all(isinstance(v, int) for v in (term, last_term, last_idx)) or term < sync.raftCurrentTerm:
-            return False
-        return (last_term, last_idx) >= last_log(sync)
+            return False, False
+        mine, theirs = last_log(sync), (last_term, last_idx)
+        if self._round and self._round[0] == term:
+            # Both ask for the same term: their ticks run in step (the lost leader's connection closed
+            # on both at once), and two candidates would split the vote.  One of the two yields: the
+            # one with the older log, or with equal logs the one with the greater address.
+            granted = theirs > mine or (theirs == mine and asker < sync.selfNode.id)
+            if granted:
+                self._round = None
+            return granted, False
+        granted = theirs >= mine
+        return granted, not granted

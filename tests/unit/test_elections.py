@@ -244,6 +244,31 @@ def test_a_pre_vote_is_granted_only_without_a_leader_and_for_a_log_as_new():
     assert not granted(member(), dict(ask, term="6")), "a malformed pre-vote is refused"
 
 
+def test_a_member_with_a_newer_log_asks_at_once_when_it_refuses_a_pre_vote():
+    sync = member(last=(5, 11))
+    sync._SyncObj__raftElectionDeadline = time.monotonic() + 1.5
+    answer(sync, {"type": PRE_VOTE, "term": 6, "last_log_term": 5, "last_log_index": 10})
+    assert sync._SyncObj__raftElectionDeadline < time.monotonic() + 0.1, "its own pre-vote comes next"
+
+
+def test_of_two_members_asking_for_the_same_term_one_yields():
+    """Their ticks run in step after the leader's connection closed on both: without this they split the vote."""
+    a, b = member(), member()
+    a.selfNode.id, b.selfNode.id = "a", "b"
+    ea, eb = Elections(1.0, 2.0), Elections(1.0, 2.0)
+    asks = {}
+    ea.before_tick(a, lambda node, msg: asks.setdefault("a", msg))
+    eb.before_tick(b, lambda node, msg: asks.setdefault("b", msg))
+    said = {}
+    ea.on_message(a, types.SimpleNamespace(id="b"), asks["b"], {}, lambda node, msg: said.setdefault("a", msg))
+    eb.on_message(b, types.SimpleNamespace(id="a"), asks["a"], {}, lambda node, msg: said.setdefault("b", msg))
+    assert said["a"]["granted"] is False and said["b"]["granted"] is True, "the lesser address wins, the other yields"
+    eb.on_message(b, types.SimpleNamespace(id="a"), {"type": PRE_VOTE_ANSWER, "term": 6, "granted": True}, {}, None)
+    assert b._SyncObj__raftElectionDeadline > 0, "b gave its round up: a yes arriving for it now changes nothing"
+    ea.on_message(a, types.SimpleNamespace(id="b"), said["b"], {}, None)
+    assert a._SyncObj__raftElectionDeadline == 0, "a won"
+
+
 def test_a_follower_that_hears_its_leader_ignores_vote_requests():
     leader = types.SimpleNamespace(id="c")
     request = {"type": "request_vote", "term": 9, "last_log_term": 9, "last_log_index": 99}
