@@ -2,7 +2,7 @@
 
 A host is a network namespace with one veth leg on a shared underlay bridge,
 plus a private mount namespace in which its own dockerd runs (recipe:
-shared/LAB.md).  shoutd for host N runs in host N's network namespace but the
+docs/lab.md).  shoutd for host N runs in host N's network namespace but the
 root mount namespace, serving $H/plugins/shoutd.sock, which that host's
 dockerd sees as /run/docker/plugins/shoutd.sock.
 
@@ -294,7 +294,7 @@ class Lab:
         os.makedirs(self.base, exist_ok=True)
         sh("ip link add %s type bridge" % self.underlay)
         sh("ip link set %s up" % self.underlay)
-        # A dockerd elsewhere may have set FORWARD to DROP with br_netfilter on (shared/LAB.md).
+        # A dockerd elsewhere may have set FORWARD to DROP with br_netfilter on (docs/lab.md).
         sh("iptables -I FORWARD -i %s -o %s -j ACCEPT" % (self.underlay, self.underlay), check=False)
         with open(self.secret, "w") as f:
             f.write(os.urandom(24).hex())

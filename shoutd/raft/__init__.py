@@ -1,6 +1,6 @@
 """The Raft cluster: everything that knows about PySyncObj lives in this package.
 
-PySyncObj has sharp edges (see ../shared/LIBRARIES.md and each module's note),
+PySyncObj has sharp edges (see docs/libraries.md and each module's note),
 and they are handled here and nowhere else:
 - node.py       the member: built on the main thread, watched (health, honest
                 quorum), bridged to asyncio; writes with definite outcomes

@@ -1,6 +1,6 @@
 """Real systemd hosts for the package tests: Debian 12 and 13 booted in systemd-nspawn.
 
-Recipe (shared/LAB.md, sections 3 and 4): debootstrap a minimal release,
+Recipe (docs/lab.md, sections 3 and 4): debootstrap a minimal release,
 install Docker, Compose and *our packages* with apt inside a chroot (so apt
 resolves their Debian dependencies), give each copy its own address through
 systemd-networkd, then boot each copy with systemd as PID 1 on one bridge.
