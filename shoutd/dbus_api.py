@@ -19,6 +19,7 @@ from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from .errors import CONFLICT, INVALID, NO_QUORUM, NOT_FOUND, UNAVAILABLE, ShoutdError
+from .state.records import network_label
 
 log = logging.getLogger(__name__)
 
