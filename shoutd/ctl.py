@@ -25,6 +25,7 @@ from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
 
 from . import checks, errors
+from .state.records import network_label
 from .dbus_api import BUS_NAME, ERROR, INTERFACE, OBJECT_PATH
 from .errors import ShoutdError
 
@@ -81,6 +82,8 @@ def table(rows, headers):
 
 
 def show_status(st):
+    if st.get("Halted"):
+        print("HALTED   %s" % st["Halted"])
     print("node     %s" % st["Self"])
     print("leader   %s" % (st["Leader"] or "none (no quorum?)"))
     print("term     %d   quorum %s   ready %s" % (st["Term"], "yes" if st["Quorum"] else "NO",
@@ -88,6 +91,9 @@ def show_status(st):
     if "Applied" in st:
         # Equal on every host that has applied the same log.
         print("state    %d operations applied, digest %s" % (st["Applied"], st["StateDigest"]))
+    if "StateVersion" in st:
+        print("version  the cluster runs state version %d; this shoutd runs up to %d" % (st["StateVersion"],
+                                                                                     st["RunsStateVersion"]))
     if "LeaderChanged" in st:
         print("raft     %s; slowest journal flush (10 min) %.3f s" % (leader_change(st["LeaderChanged"]),
                                                                        st["SlowestFlush"]))
@@ -109,7 +115,9 @@ def leader_change(when, now=None):
 
 
 def show_members(st):
-    print(table([list(m) for m in st["Members"]], ["MEMBER", "VTEP", "HOST", "STATE"]))
+    releases = st.get("Releases", {})
+    print(table([list(m) + [releases.get(m[0]) or "-"] for m in st["Members"]],
+                ["MEMBER", "VTEP", "HOST", "STATE", "RELEASE"]))
 
 
 def show_networks(st):
@@ -153,10 +161,14 @@ def as_json(st, part=None):
            "members": [dict(zip(("address", "vtep", "hostname", "state"), m)) for m in st["Members"]],
            "networks": [dict(zip(("name", "subnet", "vni", "endpoints"), n)) for n in st["Networks"]],
            "kernel_prunes": st.get("KernelPrunes"), "unreachable": st.get("Unreachable"),
-           "leader_changed": st.get("LeaderChanged"), "slowest_flush": st.get("SlowestFlush")}
+           "leader_changed": st.get("LeaderChanged"), "slowest_flush": st.get("SlowestFlush"),
+           "state_version": st.get("StateVersion"), "runs_state_version": st.get("RunsStateVersion"),
+           "halted": st.get("Halted")}
+    for m in out["members"]:
+        m["release"] = st.get("Releases", {}).get(m["address"], "")
     modes = {m[0]: (m[1], {g: hosts for g, hosts in m[2]}) for m in st.get("Multicast", [])}
     for n in out["networks"]:
-        n["multicast"], n["groups"] = modes.get(n["name"] or n["subnet"], ("", {}))
+        n["multicast"], n["groups"] = modes.get(network_label(n), ("", {}))
     print(json.dumps(out[part] if part else out, indent=2))
 
 

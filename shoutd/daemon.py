@@ -30,11 +30,17 @@ from .docker.plugin import make_app
 from .errors import UNAVAILABLE, ShoutdError
 from .multicast import Listeners
 from .notify import Notifier
-from .raft import JOIN, JoinRequests, MemberFile, RaftNode, check_port_free, check_pysyncobj
+from .raft import (JOIN, VERSION, JoinRequests, MemberFile, RaftNode, answer_version, check_port_free,
+                   check_pysyncobj)
 from .service import Service
-from .state import EVERYTHING, ENDPOINTS, GROUPS, MEMBERS, NETWORKS
+from .state import EVERYTHING, ENDPOINTS, GROUPS, MEMBERS, NETWORKS, STATE_VERSION
+from .versions import Versions, check_state_version, remember_state_version
 
 log = logging.getLogger("shoutd")
+
+# The state here was written by a newer release: systemd must not restart us
+# (RestartPreventExitStatus in shoutd.service); only an upgrade helps.
+EXIT_NEWER_STATE = 78
 
 
 def setup_logging(level):
@@ -129,7 +135,10 @@ class Daemon:
         self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, raft,
                              self.service.cluster.making_replica)
         self.listeners = Listeners(worker, self.node, raft, raft.submit)
+        self.versions = Versions(self.node, raft, raft.submit, cfg.advertise_address, socket.gethostname())
         self.dbus = None
+        self._role = None
+        self._version_kept = 0
         self._change_pending = False
         self._followers_current = False
         self._silent = ()
@@ -156,6 +165,12 @@ class Daemon:
         if parts & {MEMBERS, NETWORKS, GROUPS} or status.silent != self._silent:
             self.listeners.kick()
         self._silent = status.silent
+        if parts & {MEMBERS} or status.role != self._role:
+            self.versions.kick()
+        self._role = status.role
+        if self.raft.state.version > self._version_kept:
+            self._version_kept = self.raft.state.version
+            remember_state_version(self.cfg.state_dir, self._version_kept)
         self.notifier.status(status, current)
         if self.dbus is not None:
             self.dbus.refresh(parts)
@@ -178,11 +193,9 @@ class Daemon:
 
     async def register(self):
         """Record this host (its VTEP) in the cluster, once there is a leader."""
-        op = {"op": "member_up", "node": self.node, "advertise": self.cfg.advertise_address,
-              "raft": self.node, "hostname": socket.gethostname()}
         while not self.stopping.is_set():
             try:
-                await self.raft.register(op)
+                await self.raft.register(self.versions.registration())
                 log.info("member %s (VTEP %s) registered; leader %s", self.node,
                          self.cfg.advertise_address, self.raft.status.leader)
                 return
@@ -211,6 +224,7 @@ class Daemon:
         self.reconciler.start()
         self.mirror.start()
         self.listeners.start()
+        self.versions.start()
         await self.connect_dbus()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
@@ -224,6 +238,7 @@ class Daemon:
             for task in tasks:
                 task.cancel()
             await self.listeners.stop()
+            await self.versions.stop()
             await self.mirror.stop()
             await self.reconciler.stop()
             await runner.cleanup()
@@ -242,6 +257,11 @@ def main(argv=None):
         print("shoutd: %s" % e, file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    try:
+        check_state_version(cfg.state_dir)        # before anything reads or writes the state
+    except ShoutdError as e:
+        log.error("%s", e)
+        return EXIT_NEWER_STATE
     # `kill -USR1` writes every thread's stack to the log: what a wedged daemon is doing.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     worker = None
@@ -268,7 +288,8 @@ def main(argv=None):
                         journal_file=os.path.join(cfg.state_dir, "raft.log"),
                         dump_file=os.path.join(cfg.state_dir, "raft.dump"),
                         legacy_journal=os.path.join(cfg.state_dir, "raft.journal"),     # shoutd 0.1's log
-                        durable=cfg.journal_sync, utility_messages={JOIN: joins})
+                        durable=cfg.journal_sync,
+                        utility_messages={JOIN: joins, VERSION: answer_version(STATE_VERSION)})
         joins.node = raft
         if not cfg.journal_sync:
             log.warning("journal_sync is off: acknowledged changes survive a crash of shoutd, not a power loss")

@@ -19,6 +19,7 @@ from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from .errors import CONFLICT, INVALID, NO_QUORUM, NOT_FOUND, UNAVAILABLE, ShoutdError
+from .state.records import network_label
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def status_variant(st):
             "CommitIndex": Variant("t", int(st["commit_index"] or 0)),
             "LastApplied": Variant("t", int(st["last_applied"] or 0)),
             # Per network: its multicast mode and, when pruned, who listens to which group.
-            "Multicast": Variant("a(ssa(sas))", [[n["name"] or n["subnet"], n["multicast"],
+            "Multicast": Variant("a(ssa(sas))", [[network_label(n), n["multicast"],
                                                   [[g, hosts] for g, hosts in n["groups"]]]
                                                  for n in st["networks"]]),
             # False on kernels before 6.4: this host sends every group to every host.
@@ -59,7 +60,13 @@ def status_variant(st):
             # (Unix seconds, 0 if never seen), the slowest journal flush of the last 10 minutes.
             "Unreachable": Variant("as", st["unreachable"]),
             "LeaderChanged": Variant("d", float(st["leader_changed"])),
-            "SlowestFlush": Variant("d", float(st["slowest_flush"]))}
+            "SlowestFlush": Variant("d", float(st["slowest_flush"])),
+            # The cluster's state version, the newest this host runs, and why this host stopped applying
+            # the cluster's log ("" while it applies it: see state/ops.py); each member's release.
+            "StateVersion": Variant("u", int(st["state_version"])),
+            "RunsStateVersion": Variant("u", int(st["runs_state_version"])),
+            "Halted": Variant("s", st["halted"]),
+            "Releases": Variant("a{ss}", dict(st["releases"]))}
 
 
 class ShoutdInterface(ServiceInterface):
@@ -137,7 +144,7 @@ class ShoutdInterface(ServiceInterface):
     def _snapshot(self):
         st = self.service.membership.status()
         return {"leader": st["leader"], "peers": [m["address"] for m in st["members"]],
-                "networks": sorted(n["name"] or n["subnet"] for n in st["networks"])}
+                "networks": sorted(network_label(n) for n in st["networks"])}
 
     def refresh(self):
         """Announce what changed; called on the loop after state or status changes."""

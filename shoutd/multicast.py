@@ -31,7 +31,7 @@ from .dataplane.desired import bridge_name, vxlan_name
 from .dataplane.mdb import listen_socket
 from .errors import ShoutdError
 from .kickloop import KickLoop
-from .state import pruned
+from .state import network_label, ops, pruned
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +94,21 @@ class Listeners(KickLoop):
                             key=checks.group_order)
             if len(groups) > checks.MAX_GROUPS:
                 log.warning("network %s: containers here listen to %d groups; only the first %d are pruned for",
-                            net["name"] or net["subnet"], len(groups), checks.MAX_GROUPS)
+                            network_label(net), len(groups), checks.MAX_GROUPS)
                 groups = groups[:checks.MAX_GROUPS]
             if groups != net["listeners"].get(self.node, []):
                 changes[net["id"]] = groups
         if not changes:
             return
         try:
-            await self.submit({"op": "groups_set", "node": self.node, "groups": changes})
+            await self.submit(ops.groups_set(self.node, changes))
         except ShoutdError as e:
             log.warning("cannot report this host's multicast listeners: %s; trying again", e)
             self.kick(delay=1.0)
             return
         for net_id, groups in changes.items():
             net = self.view.state.networks.get(net_id)
-            label = (net["name"] or net["subnet"]) if net else net_id
+            label = network_label(net) if net else net_id
             log.info("network %s VNI %s: this host listens to %s", label, net["vni"] if net else "?",
                      ", ".join(groups) or "no group")
 
@@ -129,7 +129,7 @@ class Listeners(KickLoop):
             if not any(member in n["listeners"] for n in self.view.state.networks.values()):
                 continue
             try:
-                count = await self.submit({"op": "groups_withdraw", "node": self.node, "member": member})
+                count = await self.submit(ops.groups_withdraw(self.node, member))
             except ShoutdError as e:
                 log.warning("cannot withdraw the multicast listeners of silent member %s: %s", member, e)
                 continue

@@ -165,7 +165,9 @@ class Host:
     def netns(self, cmd, check=True):
         return sh("ip netns exec %s %s" % (self.name, cmd), check=check)
 
-    def start(self, secret_file, bus=None, peers=(), env=None, wrap=(), wait=True, extra=(), module="shoutd"):
+    def start(self, secret_file, bus=None, peers=(), env=None, wrap=(), wait=True, extra=(), module="shoutd",
+              tree=None):
+        """Start shoutd from this repository, or from `tree` (a directory holding another release's shoutd/)."""
         self.bus = bus or self.bus
         cmd = ["nsenter", "--net=/run/netns/" + self.name] + list(wrap) + [
             sys.executable, "-m", module, "--config", os.path.join(self.dir, "none.conf"),
@@ -176,9 +178,12 @@ class Host:
         open(os.path.join(self.dir, "none.conf"), "w").close()
         full_env = self.bus.env() if self.bus else dict(os.environ, PYTHONPATH=ROOT)
         full_env.update(env or {})
+        if tree is not None:
+            full_env["PYTHONPATH"] = tree     # and run there: `python -m` looks in the working directory first
         # What this run logs starts here: an earlier run may have been killed before it registered.
         self.run_log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=full_env,
+                                     cwd=tree)
         if wait:
             self.wait_registered()
             if self.bus:

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, replace
 
 from ..checks import LINK_LOCAL_V4
-from ..state import pruned
+from ..state import network_label, pruned
 from .netlink import ZERO_MAC
 
 BRIDGE_PREFIX = "shb"
@@ -95,7 +95,7 @@ def desired(state, node):
     networks, endpoints = [], []
     for net in sorted(state.networks.values(), key=lambda n: n["vni"]):
         fdb = {(ZERO_MAC, p) for p in peers}
-        label = "network %s VNI %d" % (state.network_label(net), net["vni"])
+        label = "network %s VNI %d" % (network_label(net), net["vni"])
         for ep in state.endpoints_of(net["id"]):
             if ep["node"] != node:
                 if ep["node"] in vteps:

@@ -35,6 +35,7 @@ from .. import checks
 from ..errors import ShoutdError
 from ..kickloop import KickLoop
 from ..service import NETWORK_OPTION
+from ..state import ops
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,7 @@ class Mirror(KickLoop):
     async def _name(self, net, dn):
         try:
             identity = identity_of(await self.engine.inspect_network(dn["Id"]))
-            await self.submit({"op": "network_name", "network": net["id"], "name": dn["Name"],
-                               "identity": identity, "node": self.node})
+            await self.submit(ops.network_name(self.node, net["id"], dn["Name"], identity))
             log.info("network %s (%s, VNI %d) is now known cluster-wide", dn["Name"], net["subnet"],
                      net["vni"])
         except ShoutdError as e:

@@ -18,13 +18,13 @@ committed entries (upstream issue #201).  shoutd refuses to run on it.
 import pysyncobj.version
 
 from ..errors import ShoutdError
-from .join import JOIN, JoinRequests, MemberFile, ask_to_join
-from .node import RaftNode, RaftStatus, check_port_free, new_request_id
+from .join import JOIN, VERSION, JoinRequests, MemberFile, answer_version, ask_to_join, ask_version
+from .node import RaftNode, RaftStatus, check_port_free
 
 MIN_PYSYNCOBJ = (0, 3, 16)
 
-__all__ = ["JOIN", "JoinRequests", "MemberFile", "RaftNode", "RaftStatus", "ask_to_join", "check_port_free",
-           "check_pysyncobj", "new_request_id"]
+__all__ = ["JOIN", "VERSION", "JoinRequests", "MemberFile", "RaftNode", "RaftStatus", "answer_version",
+           "ask_to_join", "ask_version", "check_port_free", "check_pysyncobj"]
 
 
 def check_pysyncobj(version=None):

@@ -28,6 +28,7 @@ from ..errors import CONFLICT, UNAVAILABLE, ShoutdError
 log = logging.getLogger(__name__)
 
 JOIN = "shoutd_join"
+VERSION = "shoutd_version"  # a utility message: which state version the shoutd there runs
 JOIN_GRACE = 1.0          # seconds between answering a join request and acting on it
 MEMBERS_FILE = "members.json"
 
@@ -46,6 +47,25 @@ async def ask_to_join(secret, addr, members, timeout=10.0):
                           % (addr, reply.split(": ", 1)[-1]), UNAVAILABLE)
     if reply != "joining":
         raise ShoutdError("host %s refused to join: %s" % (addr, reply), CONFLICT)
+
+
+async def ask_version(secret, addr, timeout=3.0):
+    """The newest state version the shoutd at `addr` runs; None if it does not say (shoutd 0.2, or unreachable)."""
+    def call():
+        try:
+            return TcpUtility(password=secret, timeout=timeout).executeCommand(addr, [VERSION])
+        except UtilityException:
+            return None
+    reply = await asyncio.get_running_loop().run_in_executor(None, call)
+    try:
+        return int(reply)
+    except (TypeError, ValueError):
+        return None
+
+
+def answer_version(version):
+    """The VERSION utility message's handler, for RaftNode's utility_messages."""
+    return lambda args, callback: callback(str(version), None)
 
 
 class JoinRequests:

@@ -15,7 +15,12 @@ it is handed over, and a proposer that got its result waits until the replica
 has applied that number (`LoopReplica.until`), so it then reads its own write.
 
 A snapshot installed from the leader replaces the tick copy; the replica gets
-one deep copy of it (once per snapshot, not per op).  The replica applies at
+one deep copy of it (once per snapshot, not per op).
+
+A state that stops applying (an op or a state version this release cannot
+run, see state/ops.py) tells `on_halt` once, on the tick thread: RaftNode
+then stops Raft on this host, so that nothing (log compaction included)
+overwrites what the journal holds for a newer release to apply.  The replica applies at
 most DRAIN_BATCH ops per loop turn, so catching up on thousands of entries
 after a partition never stalls the loop.
 """
@@ -78,6 +83,8 @@ class TickMachine(SyncObjConsumer):
     def __init__(self, handover):
         self._state = ClusterState()
         self._handover = handover
+        self.on_halt = None              # called once, on the tick thread, with why this host stopped applying
+        self._halt_told = False
         super().__init__()
         # A new machine (a node rebuilt to join another cluster) starts empty,
         # and so must the replica.
@@ -90,7 +97,13 @@ class TickMachine(SyncObjConsumer):
             return None
         result = self._state.apply(op)
         result["seq"] = self._handover.put("op", op)
+        self._tell_halt()
         return result
+
+    def _tell_halt(self):
+        if self._state.halted and not self._halt_told and self.on_halt is not None:
+            self._halt_told = True
+            self.on_halt(self._state.halted)
 
     def has_networks(self):
         """For the join check, which runs on this same thread."""
@@ -103,7 +116,8 @@ class TickMachine(SyncObjConsumer):
 
     def _deserialize(self, data):
         self._state = ClusterState(data if isinstance(data, dict) else empty())
-        self._handover.put("reset", copy.deepcopy(self._state.data))
+        self._handover.put("reset", copy.deepcopy(data if self._state.halted else self._state.data))
+        self._tell_halt()
 
 
 class LoopReplica:

@@ -14,6 +14,10 @@ What the rest of shoutd gets from here:
   (kernel, Docker, READY=1) before this event.
 - `health()`: whether the tick thread is alive and ticking and the journal
   writable, for the watchdog.
+- `halted`: why this host stopped applying the cluster's log (it runs an
+  older release than the cluster's state version), or None.  Raft is then
+  stopped here on purpose, the journal left as it is for the newer release,
+  and every write is refused with that message.
 
 Nothing slow runs on the tick thread, which sends the heartbeats: the
 journal is written by a thread of its own (flusher.py), and what may be
@@ -42,13 +46,15 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
+from typing import Optional
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.syncobj import _RAFT_STATE
 
 from ..errors import NO_QUORUM, OUTCOME_UNKNOWN, UNAVAILABLE, ShoutdError
+from ..state import ops
+from ..state.ops import new_request_id
 from . import journal
 from .durability import Durability
 from .election import Elections
@@ -91,7 +97,7 @@ _UNKNOWN = {
 @dataclass(frozen=True)
 class RaftStatus:
     self: str
-    leader: str = None
+    leader: Optional[str] = None
     term: int = 0
     role: str = "follower"
     has_quorum: bool = False
@@ -144,10 +150,6 @@ class _SyncObj(SyncObj):
         self._after_tick(self)
 
 
-def new_request_id():
-    return uuid.uuid4().hex
-
-
 def call_on(loop, fn, *args):
     """call_soon_threadsafe from the tick thread; a loop that is gone (shutdown) is no error."""
     if loop is None:
@@ -179,6 +181,7 @@ class RaftNode:
         self._on_change = lambda: None
         self._last_tick = time.monotonic()
         self._quorum_seen = time.monotonic()     # a new node gets the full wait for its first election
+        self.halted = None
         self._leader_seen = (None, 0)            # (leader, term) last logged
         self._election_logged = 0                # the last term whose election was logged
         self._settling = set()
@@ -192,6 +195,7 @@ class RaftNode:
         self._generation += 1
         generation = self._generation
         self.machine = TickMachine(self._handover)
+        self.machine.on_halt = self._halt
         journal_file, dump_file = self._files
         conf = SyncObjConf(
             password=self.secret,            # Fernet: authenticated before anything is unpickled
@@ -234,9 +238,21 @@ class RaftNode:
         hooks.durability.before_tick(sync)
         hooks.elections.before_tick(sync, hooks.transport.send)
 
+    def _halt(self, why):
+        """The state machine cannot go on (tick thread): stop Raft here, keep the journal for the upgrade."""
+        self.halted = why
+        log.error("stopping Raft on this host: %s", why)
+        self.sync.destroy()              # the tick thread ends after this tick; nothing more is written
+        self.status = dataclasses.replace(self.status, role="halted", leader=None, has_quorum=False)
+        call_on(self.loop, self._stopped_applying)
+
+    def _stopped_applying(self):
+        self.caught_up.clear()           # nothing acts on a state that stopped moving
+        self._status_moved()
+
     def _after_tick(self, sync, hooks, generation):
-        if generation != self._generation:
-            return                       # the last ticks of a node replaced by rebuild()
+        if generation != self._generation or self.halted:
+            return                       # the last ticks of a node replaced by rebuild(), or halted
         now = time.monotonic()
         self._last_tick = now
         heard = hooks.transport.heard
@@ -310,8 +326,8 @@ class RaftNode:
 
     def health(self):
         """None while the tick thread is alive and ticking, else a Problem."""
-        if self._rebuilding:
-            return None
+        if self._rebuilding or self.halted:
+            return None                  # the Raft thread ended on purpose
         failed = next((j.flusher.failed for j in self._journal_slot if j.flusher.failed), None)
         if failed:
             return Problem(failed, fatal=True)
@@ -414,6 +430,8 @@ class RaftNode:
         again (as a new request) for up to WRITE_WAIT: the caller sees the
         write succeed once the new leader is in place.
         """
+        if self.halted:
+            raise ShoutdError(self.halted, UNAVAILABLE, "UpgradeNeeded")
         op = dict(op)
         op.setdefault("req", new_request_id())
         name = op.get("op")
@@ -447,7 +465,7 @@ class RaftNode:
     async def _settle(self, op, within):
         """Withdraw `op` until that commits: (DONE, its result as if it had answered) or (REFUSED, why)."""
         deadline = self.loop.time() + within
-        withdraw = {"op": "withdraw", "target": op["req"], "node": op.get("node")}
+        withdraw = ops.withdraw(op.get("node"), op["req"])
         while True:
             left = deadline - self.loop.time()
             if left <= 0:

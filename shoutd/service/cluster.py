@@ -11,6 +11,7 @@ import logging
 
 from .. import checks
 from ..errors import NOT_FOUND, UNAVAILABLE, ShoutdError
+from ..state import ops
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,13 @@ class Cluster:
         """A member as people know it: 'hostname (VTEP address)'."""
         return self.state().member_label(member).replace("host ", "", 1)
 
-    async def submit(self, **op):
-        """Propose one operation for this host; its value, or a ShoutdError with a definite outcome."""
-        op.setdefault("node", self.node)
+    async def submit(self, op):
+        """Propose one operation (made by a constructor of state.ops); its value, or a ShoutdError.
+
+        An op the cluster's state version does not allow yet is refused here,
+        before anything is proposed, naming the hosts still on an older release.
+        """
+        ops.check_proposable(op, self.state())
         return await self.raft.submit(op, describe=self.describe_member)
 
     async def fresh_pool(self, pool_id):
@@ -62,7 +67,7 @@ class Cluster:
         except ShoutdError as e:
             if e.kind != NOT_FOUND:
                 raise
-        await self.submit(op="barrier")
+        await self.submit(ops.barrier(self.node))
         return self.pool(pool_id)
 
     def pool(self, pool_id):

@@ -13,7 +13,7 @@ import logging
 from .. import checks
 from ..dataplane.desired import veth_names
 from ..errors import CONFLICT, NOT_FOUND, ShoutdError
-from ..state import ADDRESS_SPACE
+from ..state import ADDRESS_SPACE, network_label, ops
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ class NetworkDriver:
         generic = checks.options((options or {}).get("com.docker.network.generic"), "driver options")
         asked = checks.multicast_mode(generic.get("multicast", checks.PRUNED))
         mode = net["multicast"] or asked     # the first binding (the creating host) decides; copies ask the same
-        await self.cluster.submit(op="network_bind", network=net["id"], docker_id=docker_id,
-                                  options={k: v for k, v in generic.items() if k != NETWORK_OPTION},
-                                  replace=self.cluster.replica_of(pool) == net["id"])
+        await self.cluster.submit(ops.network_bind(self.cluster.node, net["id"], docker_id,
+                                                   {k: v for k, v in generic.items() if k != NETWORK_OPTION},
+                                                   replace=self.cluster.replica_of(pool) == net["id"]))
         log.info("Docker network %s bound to shoutd network %s (%s, VNI %d, multicast %s)",
                  docker_id[:12], net["name"] or net["id"], net["subnet"], net["vni"], mode)
         await self.reconciler.reconcile()
@@ -64,8 +64,8 @@ class NetworkDriver:
         net = self.cluster.state().network_by_docker_id(self.cluster.node, docker_id)
         if net is None:
             return            # already removed cluster-wide (we are following another host)
-        label, vni = net["name"] or net["subnet"], net["vni"]
-        result = await self.cluster.submit(op="network_delete", network=net["id"])
+        label, vni = network_label(net), net["vni"]
+        result = await self.cluster.submit(ops.network_delete(self.cluster.node, net["id"]))
         if not result["deleted"]:
             self.on_network_changed(docker_id)    # the mirror restores the local copy
             raise ShoutdError(result["reason"], CONFLICT)
@@ -82,10 +82,10 @@ class NetworkDriver:
         if interface.get("AddressIPv6"):
             raise ShoutdError("shoutd supports IPv4 only; endpoint %s asked for an IPv6 address"
                               % endpoint_id[:12])
-        label = net["name"] or net["subnet"]
+        label = network_label(net)
         ip = checks.host_in(checks.ipv4(address, "address"), net["subnet"], "address", label)
         mac = checks.unicast_mac(interface["MacAddress"]) if interface.get("MacAddress") else mac_for(ip)
-        await self.cluster.submit(op="endpoint_add", network=net["id"], endpoint=endpoint_id, ip=str(ip), mac=mac)
+        await self.cluster.submit(ops.endpoint_add(self.cluster.node, net["id"], endpoint_id, str(ip), mac))
         log.info("endpoint %s %s (%s) created in network %s", endpoint_id[:12], ip, mac, label)
         await self.reconciler.reconcile()
         return {} if interface.get("MacAddress") else {"MacAddress": mac}
@@ -96,7 +96,7 @@ class NetworkDriver:
         if ep is None:
             return
         ip = ep["ip"]
-        await self.cluster.submit(op="endpoint_remove", endpoint=endpoint_id)
+        await self.cluster.submit(ops.endpoint_remove(self.cluster.node, endpoint_id))
         log.info("endpoint %s %s removed", endpoint_id[:12], ip)
         # Nothing waits on the veth's removal, so Docker need not either.
         self.reconciler.kick()

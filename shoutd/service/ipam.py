@@ -9,7 +9,7 @@ import logging
 
 from .. import checks
 from ..errors import NOT_FOUND, ShoutdError
-from ..raft import new_request_id
+from ..state import network_label, ops
 from .driver import NETWORK_OPTION
 
 log = logging.getLogger(__name__)
@@ -38,28 +38,26 @@ class Ipam:
             if network is None and known is not None and self.cluster.node in known["bindings"]:
                 network = known["id"]
         config = self.cluster.config
-        net = await self.cluster.submit(op="network_reserve", req=new_request_id(), subnet=pool or None,
-                                        network=network, pool=config.default_pool,
-                                        pool_prefix=config.default_pool_prefix)
+        net = await self.cluster.submit(ops.network_reserve(self.cluster.node, pool or None, network,
+                                                            config.default_pool, config.default_pool_prefix))
         log.info("pool %s reserved for shoutd network %s VNI %d", net["subnet"], net["id"], net["vni"])
         return net["id"], net["subnet"]
 
     async def release_pool(self, pool_id):
         checks.own_id(pool_id, "PoolID")
-        await self.cluster.submit(op="network_release", network=pool_id)
+        await self.cluster.submit(ops.network_release(self.cluster.node, pool_id))
 
     async def request_address(self, pool_id, address, options):
         net = await self.cluster.fresh_pool(pool_id)
-        label, subnet = net["name"] or net["subnet"], net["subnet"]
+        label, subnet = network_label(net), net["subnet"]
         prefix = subnet.split("/")[1]
         options = checks.options(options, "address options")
         wanted = checks.host_in(checks.ipv4(address, "address"), subnet, "address", label) if address else None
         if options.get("RequestAddressType") == GATEWAY_REQUEST:
             if wanted:
-                net = await self.cluster.submit(op="network_gateway", network=pool_id, gateway=str(wanted))
+                net = await self.cluster.submit(ops.network_gateway(self.cluster.node, pool_id, str(wanted)))
             return "%s/%s" % (net["gateway"], prefix)
-        ip = await self.cluster.submit(op="ip_allocate", req=new_request_id(), network=pool_id,
-                                       ip=str(wanted) if wanted else None)
+        ip = await self.cluster.submit(ops.ip_allocate(self.cluster.node, pool_id, str(wanted) if wanted else None))
         log.info("address %s allocated in network %s", ip, label)
         return "%s/%s" % (ip, prefix)
 
@@ -74,6 +72,6 @@ class Ipam:
             raise
         if str(ip) == net["gateway"]:
             return            # the gateway lives and dies with its network
-        label = net["name"] or net["subnet"]
-        await self.cluster.submit(op="ip_release", network=pool_id, ip=str(ip))
+        label = network_label(net)
+        await self.cluster.submit(ops.ip_release(self.cluster.node, pool_id, str(ip)))
         log.info("address %s released in network %s", ip, label)

@@ -6,7 +6,8 @@ import time
 
 from .. import checks
 from ..errors import CONFLICT, INVALID, NO_QUORUM, NOT_FOUND, UNAVAILABLE, ShoutdError
-from ..raft import ask_to_join
+from ..raft import ask_to_join, ask_version
+from ..state import BASE_VERSION, STATE_VERSION, ops
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,25 @@ class Membership:
         members = sorted(set(st.nodes) | {addr})
         raft = self.cluster.raft
         began = time.monotonic()
+        await self._runs_cluster_version(addr)
         await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
         await raft.change_membership("add", addr, timeout=CHANGE_BUDGET - (time.monotonic() - began))
         log.info("peer %s added to the cluster; members now %s", addr, ", ".join(members))
         return addr
+
+    async def _runs_cluster_version(self, addr):
+        """Refuse a host whose release cannot run the cluster's state version, before it leaves its own cluster."""
+        needed = self.cluster.state().version
+        if needed <= BASE_VERSION:
+            return                        # every release since 0.2 runs it
+        runs = await ask_version(self.cluster.raft.secret, addr)
+        if runs is None:
+            raise ShoutdError("host %s did not say which state version its shoutd runs, and the cluster runs %d: "
+                              "if it runs shoutd 0.2, upgrade it first; else check that shoutd runs there with "
+                              "this cluster's secret" % (addr, needed), CONFLICT, "UpgradeNeeded")
+        if runs < needed:
+            raise ShoutdError("upgrade %s first: the cluster runs state version %d, and its shoutd runs up to %d"
+                              % (addr, needed, runs), CONFLICT, "UpgradeNeeded")
 
     async def remove_peer(self, address):
         addr = self._address(address)
@@ -52,7 +68,7 @@ class Membership:
             raise ShoutdError("%s is not a member of the cluster" % addr, NOT_FOUND, "NotMember")
         await self.cluster.raft.change_membership("rem", addr, timeout=CHANGE_BUDGET)
         if addr in self.cluster.state().members:
-            await self.cluster.submit(op="member_remove", node=addr)
+            await self.cluster.submit(ops.member_remove(addr))
         log.info("peer %s removed from the cluster", addr)
         return addr
 
@@ -75,7 +91,9 @@ class Membership:
                 "members": members, "networks": networks, "applied": applied, "digest": digest,
                 "commit_index": st.commit_index, "last_applied": st.last_applied,
                 "kernel_prunes": self.cluster.kernel_prunes, "unreachable": list(st.unreachable),
-                "leader_changed": st.leader_changed, "slowest_flush": raft.slowest_flush()}
+                "leader_changed": st.leader_changed, "slowest_flush": raft.slowest_flush(),
+                "state_version": state.version, "runs_state_version": STATE_VERSION, "halted": raft.halted or "",
+                "releases": {m: rec.get("release", "") for m, rec in state.members.items()}}
 
     def _groups(self, state, net):
         """[(group, ["hostname (VTEP)"])] of a pruned network: who listens to what."""

@@ -26,14 +26,15 @@ def seed():
 
 
 class Cluster:
-    def __init__(self, tmp, size=3):
+    def __init__(self, tmp, size=3, previous=None):
         self.world = World(tmp, subnet="198.21.0")
-        # Every daemon runs the test build whose disk a nemesis can slow down (tests/slowdisk.py).
         self.secret = self.world.secret()
         self.hosts = [self.world.host() for _ in range(size)]
         self.partitioned = set()
         for h in self.hosts:
             h.bus = self.world.bus()
+            # The tree of shoutd each host runs: this one, or `previous` (an older release, for upgrades).
+            h.tree = previous
         self.start(*self.hosts)
         self.pool = self.hosts[0].plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": POOL,
                                                                    "Options": {}, "V6": False})["PoolID"]
@@ -46,7 +47,10 @@ class Cluster:
 
     def start(self, *hosts, wait=True):
         for h in hosts:
-            if not h.running():
+            if not h.running() and h.tree is not None:
+                h.start(self.secret, peers=[o.ip for o in self.hosts if o is not h], wait=False, tree=h.tree)
+            elif not h.running():
+                # This tree runs the test build whose disk a nemesis can slow down (tests/slowdisk.py).
                 h.start(self.secret, peers=[o.ip for o in self.hosts if o is not h], wait=False,
                         module="tests.slowdisk", env={"SHOUTD_TEST_FSYNC_DELAY": self._delay_file(h)})
         if wait:

@@ -10,7 +10,8 @@ import asyncio
 import copy
 
 from shoutd.errors import ShoutdError
-from shoutd.raft import RaftStatus, new_request_id
+from shoutd.raft import RaftStatus
+from shoutd.state.ops import new_request_id
 from shoutd.state import ClusterState
 
 NODE = "198.18.0.1:7380"
@@ -43,6 +44,8 @@ class FakeRaft:
 
     def slowest_flush(self):
         return 0.0
+
+    halted = None
 
     async def submit(self, op, timeout=10.0, describe=None):
         op = dict(op)

@@ -200,7 +200,7 @@ def test_advertise_addresses_are_unique():
     refused(cs, "conflict", op="member_up", node="b", advertise="198.18.0.1", raft="b", hostname="x")
 
 
-@pytest.mark.parametrize("op", [None, 42, "x", {}, {"op": "nope"}, {"op": "ip_allocate"},
+@pytest.mark.parametrize("op", [None, 42, "x", {}, {"op": 7}, {"op": "ip_allocate"},
                                 {"op": "member_up", "node": "a", "advertise": "not-an-ip", "raft": "a"},
                                 {"op": "network_reserve", "req": "x", "node": "a", "subnet": None,
                                  "pool": "junk", "pool_prefix": 24}])
@@ -275,7 +275,7 @@ def test_a_retried_request_returns_its_first_answer():
 
 
 def test_the_request_memory_is_bounded(monkeypatch):
-    import shoutd.state as state_module
+    import shoutd.state.requests as state_module
     monkeypatch.setattr(state_module, "REQUEST_MEMORY", 50)
     cs = cluster("a")
     net = network(cs, subnet="10.1.0.0/24")
