@@ -49,15 +49,18 @@ def chroot(root, cmd, **kw):
     return sh(["chroot", root, "sh", "-c", cmd], env=env, **kw)
 
 
-def installed_tree(release, debs, image_tar):
-    """The bootstrapped tree plus Docker and shoutd (with its PySyncObj backport), installed by apt."""
+def installed_tree(release, debs, image_tar, label="installed"):
+    """The bootstrapped tree plus Docker and shoutd (with its PySyncObj backport), installed by apt.
+
+    Cached by the packages' content, one tree per `label` and release.
+    """
     digest = hashlib.sha256(b"".join(open(d, "rb").read() for d in debs)).hexdigest()[:12]
-    tree = os.path.join(CACHE, "installed-%s-%s" % (release, digest))
+    tree = os.path.join(CACHE, "%s-%s-%s" % (label, release, digest))
     if os.path.exists(os.path.join(tree, ".complete")):
         return tree, open(os.path.join(tree, ".apt-log")).read()
     base = debootstrap(release)
     for old in os.listdir(CACHE):
-        if old.startswith("installed-%s-" % release):
+        if old.startswith("%s-%s-" % (label, release)):
             shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
     sh(["cp", "-a", base, tree])
     shutil.copy("/etc/resolv.conf", os.path.join(tree, "etc/resolv.conf"))
