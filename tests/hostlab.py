@@ -97,6 +97,19 @@ class Bus:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# The release before this one, for upgrade tests: shoutd 0.2.0.
+PREVIOUS = "09c8a760aeb1200d61f1a3d937631beb1dacc63b"
+
+
+def previous_tree(tmp):
+    """The previous release's shoutd package, exported from this repository's history (for Host.start's tree)."""
+    out = os.path.join(tmp, "previous")
+    os.makedirs(out, exist_ok=True)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", PREVIOUS, "shoutd"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", out], input=archive.stdout, check=True)
+    return out
+
+
 class PluginError(Exception):
     def __init__(self, status, message):
         super().__init__("%s %s" % (status, message))

@@ -425,13 +425,16 @@ class RaftNode:
         """Replicate `op`; return its value, or raise ShoutdError with a definite outcome.
 
         Every refusal means the op will never take effect.  The one exception
-        is an error named OutcomeUnknown, which says so.  An attempt that an
+        is an error named OutcomeUnknown, which says so.  An op (or op form)
+        newer than the cluster's state version is refused before it is
+        proposed, naming the hosts still on an older release.  An attempt that an
         election cut short, and that is known to have had no effect, is made
         again (as a new request) for up to WRITE_WAIT: the caller sees the
         write succeed once the new leader is in place.
         """
         if self.halted:
             raise ShoutdError(self.halted, UNAVAILABLE, "UpgradeNeeded")
+        ops.check_proposable(op, self.state)
         op = dict(op)
         op.setdefault("req", new_request_id())
         name = op.get("op")

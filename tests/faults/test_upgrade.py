@@ -1,6 +1,6 @@
 """A rolling upgrade under load: from the previous release to this one, host by host, with the history checked.
 
-Three daemons start on the previous release (PREVIOUS, exported from git),
+Three daemons start on the previous release (hostlab.PREVIOUS, from git),
 the recording workload allocates and releases through every host, and each
 host in turn is stopped as `apt upgrade` stops it and started again on this
 tree.  While the releases are mixed the cluster runs state version 2; once
@@ -9,30 +9,17 @@ then reports its release.  The checker decides from the history: nothing
 acknowledged lost, nothing held twice, every host the same at the end.
 """
 
-import os
 import random
-import subprocess
 import time
 
 import pytest
 
+from ..hostlab import previous_tree
 from ..support import wait_for
 from .cluster import Cluster, seed
 from .history import Workload, check
 
 pytestmark = pytest.mark.faults
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PREVIOUS = "09c8a760aeb1200d61f1a3d937631beb1dacc63b"   # shoutd 0.2.0, the release before this one
-
-
-def previous_tree(tmp):
-    """The previous release's shoutd package, exported from this repository's history."""
-    out = os.path.join(tmp, "previous")
-    os.makedirs(out)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", PREVIOUS, "shoutd"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", out], input=archive.stdout, check=True)
-    return out
 
 
 def status(host):

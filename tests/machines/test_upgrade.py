@@ -1,7 +1,7 @@
 """A rolling upgrade as users do it: `apt install ./shoutd_NEW.deb` on one host at a time, traffic flowing.
 
 Three machines (real systemd, Debian 12 and 13) start on the previous
-release, PREVIOUS, built from this repository's history with its own
+release, hostlab.PREVIOUS, built from this repository's history with its own
 packaging/build-deb.  A container on the first streams multicast to
 containers on the other two for the whole upgrade.  The hosts are upgraded
 one at a time with apt; while their releases are mixed, every host creates
@@ -23,6 +23,7 @@ import tempfile
 
 import pytest
 
+from ..hostlab import PREVIOUS
 from ..support import busctl_json, iperf_listening, iperf_summary, wait_for
 from .machine import Machine, installed_tree, sh
 
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.machines
 if os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("debootstrap"):
     pytest.skip("machine tests need root, systemd-nspawn and debootstrap", allow_module_level=True)
 
-PREVIOUS = "09c8a760aeb1200d61f1a3d937631beb1dacc63b"   # shoutd 0.2.0
 BRIDGE = "shu-br0"
 HOSTS = ["192.0.2.21", "192.0.2.22", "192.0.2.23"]
 GATEWAY = "192.0.2.254"

@@ -206,6 +206,9 @@ def test_members_stop_on_a_version_they_cannot_run_and_resume_after_the_upgrade(
         leader = leader_of(nodes)
         net = await leader.submit(ops.network_reserve("a", None, None, **{"pool": POOL["pool"],
                                                                          "pool_prefix": POOL["pool_prefix"]}))
+        with pytest.raises(ShoutdError) as err:
+            await leader.submit(ops.member_up("a", "198.18.0.1", "h0", release="0.3.0"))
+        assert err.value.name == "UpgradeNeeded", "the cluster runs 2: refused before it is proposed"
         with pytest.raises(ShoutdError):
             await leader.submit(ops.cluster_version("a", 4), timeout=3.0)
         # A member that has not learnt the op committed before the others stopped stays without a quorum.
