@@ -14,7 +14,7 @@ def test_addpeer_refuses_a_host_on_an_older_release_and_takes_one_on_this(world,
     wait_for(lambda: status(a.bus)["StateVersion"] == 3, timeout=30, what="state version 3")
     old = world.host().start(secret, world.bus(), tree=previous_tree(str(tmp_path)))
     res = a.bus.busctl(*CALL, "AddPeer", "s", old.ip, check=False)
-    assert res.returncode != 0 and "UpgradeNeeded" in res.stderr and "upgrade it first" in res.stderr, res.stderr
+    assert res.returncode != 0 and "upgrade it first" in res.stderr, res.stderr
     assert sorted(m[0] for m in status(a.bus)["Members"]) == [a.member], "nothing changed"
     assert len(status(old.bus)["Members"]) == 1, "the old host stays in its own cluster"
     new = world.host().start(secret, world.bus())
