@@ -264,9 +264,7 @@ def in_the_lab(args, parts):
     try:
         lab.up()
         lab.start_shoutd()
-        lab.hosts[0].docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", "bench")
-        for h in lab.hosts:
-            wait_for(lambda h=h: "bench" in h.docker("network", "ls").stdout)
+        lab.create_network("bench")
         if "tcp" in parts:
             out["med"], out["raw"] = tcp(lab, args.rounds, args.seconds)
         if "multicast" in parts:

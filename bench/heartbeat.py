@@ -17,7 +17,7 @@ max of the gaps over all followers, and how many elections happened.
 import statistics
 import time
 
-from lab import IMAGE, ImageImports, Lab, wait_for
+from lab import IMAGE, ImageImports, Lab
 from support import Capture
 
 RAFT_PORT = 7380
@@ -64,9 +64,7 @@ def run(seconds=20):
     try:
         lab.up()
         lab.start_shoutd()
-        lab.hosts[0].docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", NET)
-        for h in lab.hosts:
-            wait_for(lambda h=h: NET in h.docker("network", "ls").stdout)
+        lab.create_network(NET)
         leader = lab.leader()
         before = sum(len(h.raft_events()[0]) for h in lab.hosts)
         out = {}

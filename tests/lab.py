@@ -330,6 +330,12 @@ class Lab:
             except AssertionError as e:
                 raise RuntimeError("%s; log:\n%s" % (e, h.log_tail())) from None
 
+    def create_network(self, name, *options):
+        """A shoutd network made on host 1, once Docker on every host lists it."""
+        self.hosts[0].docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", *options, name)
+        for h in self.hosts:
+            wait_for(lambda h=h: name in h.docker("network", "ls").stdout, what="network %s on %s" % (name, h.name))
+
     def leader(self, timeout=30):
         """The host whose shoutd every host last logged as leader (lab hosts have no system bus)."""
         def agreed():

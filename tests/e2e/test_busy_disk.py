@@ -21,7 +21,6 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from lab import IMAGE, ImageImports, Lab  # noqa: E402
-from support import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 if os.geteuid() != 0 or not shutil.which("dockerd"):
@@ -37,9 +36,7 @@ def lab():
     try:
         lab.up()
         lab.start_shoutd()
-        lab.hosts[0].docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", NET)
-        for h in lab.hosts:
-            wait_for(lambda h=h: NET in h.docker("network", "ls").stdout, what="network %s on %s" % (NET, h.name))
+        lab.create_network(NET)
         yield lab
     finally:
         lab.down()

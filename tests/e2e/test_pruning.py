@@ -43,9 +43,7 @@ def lab():
     try:
         lab.up()
         lab.start_shoutd()
-        lab.hosts[0].docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", NET)
-        for h in lab.hosts:
-            wait_for(lambda h=h: NET in h.docker("network", "ls").stdout, what="network %s on %s" % (NET, h.name))
+        lab.create_network(NET)
         yield lab
     finally:
         lab.down()

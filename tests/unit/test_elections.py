@@ -53,6 +53,17 @@ def journal(node):
     return node._journal_slot[0]
 
 
+def run(nodes, main, disk=None):
+    """main() on a loop, then every node destroyed (and the disk well again) whatever happened."""
+    try:
+        return asyncio.run(main())
+    finally:
+        if disk is not None:
+            disk.slow.clear()
+        for n in nodes:
+            n.destroy()
+
+
 async def write_for(nodes, seconds):
     """Allocate through every member in turn for `seconds`; each write's (member, latency)."""
     net = await nodes[0].submit({"op": "network_reserve", "req": "n", "node": "a", **POOL})
@@ -86,12 +97,7 @@ def test_a_slow_disk_on_the_leader_costs_no_election_and_no_write(tmp_path, monk
         assert leader_of(nodes) is leader
         assert any(committed_ahead), "the followers' durable copies commit without the leader's disk"
         return len(committed_ahead)
-    try:
-        count = asyncio.run(main())
-    finally:
-        disk.slow.clear()
-        for n in nodes:
-            n.destroy()
+    count = run(nodes, main, disk)
     assert count >= 5
     assert "slow journal flush" in caplog.text
 
@@ -110,12 +116,7 @@ def test_a_slow_disk_on_a_follower_costs_no_election(tmp_path, monkeypatch):
         assert [n.status.term for n in nodes] == [term] * 3, "no election because of the slow disk"
         assert all(n.status.has_quorum for n in nodes)
         return done
-    try:
-        done = asyncio.run(main())
-    finally:
-        disk.slow.clear()
-        for n in nodes:
-            n.destroy()
+    done = run(nodes, main, disk)
     assert len(done) >= 6
 
 
@@ -135,12 +136,7 @@ def test_an_entry_commits_only_on_a_majority_of_durable_copies(tmp_path, monkeyp
             commit = leader.sync.raftCommitIndex
             durable = sorted(journal(n).durable_index() for n in nodes)
             assert durable[1] >= commit, "committed %d with durable copies %s" % (commit, durable)
-    try:
-        asyncio.run(main())
-    finally:
-        disk.slow.clear()
-        for n in nodes:
-            n.destroy()
+    run(nodes, main, disk)
 
 
 def test_a_member_that_was_cut_off_cannot_depose_the_leader(tmp_path):
@@ -158,11 +154,7 @@ def test_a_member_that_was_cut_off_cannot_depose_the_leader(tmp_path):
         await asyncio.sleep(node_module.ELECTION_MAX)  # time for it to disrupt, if it could
         await settled(nodes)
         assert leader_of(nodes) is leader and [n.status.term for n in nodes] == [term] * 3
-    try:
-        asyncio.run(main())
-    finally:
-        for n in nodes:
-            n.destroy()
+    run(nodes, main)
 
 
 def test_a_write_issued_when_the_leader_dies_succeeds_once_a_new_one_is_elected(tmp_path, caplog):
@@ -181,11 +173,7 @@ def test_a_write_issued_when_the_leader_dies_succeeds_once_a_new_one_is_elected(
         new = leader_of(survivors)
         assert new is not None and new.status.term > leader.status.term
         return ip, took
-    try:
-        ip, took = asyncio.run(main())
-    finally:
-        for n in nodes:
-            n.destroy()
+    ip, took = run(nodes, main)
     print("a write issued as the leader died succeeded after %.2f s" % took)
     assert ip
     assert "election for term" in caplog.text and "leader changed" in caplog.text
@@ -204,11 +192,7 @@ def test_a_cut_off_follower_names_only_whom_it_cannot_reach(tmp_path):
                         timeout=3 * node_module.ELECTION_MAX + 2, what="the cut-off follower to name both others")
         # The healthy follower never names the other follower: followers do not talk to each other.
         assert b.status.unreachable == ()
-    try:
-        asyncio.run(main())
-    finally:
-        for n in nodes:
-            n.destroy()
+    run(nodes, main)
 
 
 # -- the pre-vote rules, one member's view ------------------------------------------------------------
