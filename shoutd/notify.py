@@ -6,6 +6,9 @@ shoutd` returns when Docker calls can succeed, not merely when the process
 runs.  The watchdog means the whole daemon is alive: WATCHDOG=1 is sent from
 the event loop, and only while the Raft tick thread is alive and ticking.  A
 wedged loop or a wedged Raft thread stops the pings and systemd restarts us.
+A host that stopped applying the cluster's log (an older release than the
+cluster runs, see state/ops.py) is ready too: it serves its status and says
+what to do, and restarting it would not help.
 Without NOTIFY_SOCKET (run by hand) every call does nothing.
 """
 
@@ -20,6 +23,8 @@ log = logging.getLogger(__name__)
 
 def describe(raft, caught_up):
     """One line for `systemctl status`: who leads, who is connected."""
+    if raft.role == "halted":
+        return "stopped applying the cluster's log: upgrade this host (shoutdctl status says why)"
     if raft.leader is None:
         return "waiting for a Raft leader (%d members configured)" % len(raft.nodes)
     connected = sum(1 for s in raft.nodes.values() if s != "disconnected")
@@ -63,7 +68,7 @@ class Notifier:
         if text != self._last:
             self._last = text
             self._send("STATUS=" + text)
-        if self.serving and not self.ready_sent and caught_up and raft.leader is not None:
+        if self.serving and not self.ready_sent and (raft.role == "halted" or caught_up and raft.leader is not None):
             self.ready_sent = True
             self._send("READY=1")
             log.info("ready: %s", text)

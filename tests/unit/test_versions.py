@@ -245,3 +245,14 @@ def test_members_stop_on_a_version_they_cannot_run_and_resume_after_the_upgrade(
     finally:
         for n in nodes:
             n.destroy()
+
+
+def test_a_host_that_stopped_applying_is_ready_for_systemd_and_says_why():
+    from shoutd.notify import Notifier
+    sent = []
+    notifier = Notifier()
+    notifier._send = sent.append
+    notifier.serving = True
+    notifier.status(RaftStatus(self="a", role="halted"), caught_up=False)
+    assert "READY=1" in sent, "systemctl start returns: restarting would not help"
+    assert any(s.startswith("STATUS=stopped applying") and "upgrade this host" in s for s in sent), sent
