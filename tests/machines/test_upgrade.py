@@ -143,6 +143,7 @@ def test_apt_upgrade_host_by_host_with_multicast_flowing(cluster):
     for m in (m2, m3):
         lost, total = wait(lambda m=m: iperf_summary(m.run("docker logs rx").stdout, STREAM), timeout=STREAM + 60,
                            what="the receiver's final report on " + m.name)
+        print("multicast through the upgrade to %s: %d of %d datagrams lost" % (m.name, lost, total))
         assert total > 1000 and lost == 0, (m.name, lost, total)
     # One log, one state everywhere; no address twice.
     wait(lambda: len({(status(m)["Applied"], status(m)["StateDigest"]) for m in cluster}) == 1,
