@@ -179,7 +179,10 @@ class Flusher:
                 self.durable_seq = batch[-1][0]
                 self._cond.notify_all()
             if self.on_durable is not None:
-                self.on_durable()
+                try:
+                    self.on_durable()
+                except OSError:
+                    pass                  # the tick thread is gone (its pipe full or closed): nobody to wake
 
     def _apply(self, batch):
         dirty = False
