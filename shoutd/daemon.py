@@ -130,7 +130,7 @@ class Daemon:
         self.reconciler = Reconciler(worker, self.node, underlay, raft)
         self.engine = Engine(cfg.docker_socket)
         self.service = Service(raft, self.reconciler, self.node, cfg,
-                               on_network_changed=lambda _id: self.mirror.kick(delay=0.5),
+                               on_network_changed=lambda _id: self.mirror.kick(delay=0.1),
                                kernel_prunes=underlay.vxlan_mdb)
         self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, raft,
                              self.service.cluster.making_replica)

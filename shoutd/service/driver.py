@@ -87,6 +87,9 @@ class NetworkDriver:
         mac = checks.unicast_mac(interface["MacAddress"]) if interface.get("MacAddress") else mac_for(ip)
         await self.cluster.submit(ops.endpoint_add(self.cluster.node, net["id"], endpoint_id, str(ip), mac))
         log.info("endpoint %s %s (%s) created in network %s", endpoint_id[:12], ip, mac, label)
+        if net["name"] is None:
+            # Docker has stored the network by now (it calls CreateNetwork before): name it at once.
+            self.on_network_changed(docker_id)
         await self.reconciler.reconcile()
         return {} if interface.get("MacAddress") else {"MacAddress": mac}
 

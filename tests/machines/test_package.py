@@ -106,6 +106,13 @@ def status(m):
                              "org.darkkitchen.Shoutd Status").stdout)
 
 
+def journals(machines, lines=40):
+    """The end of each machine's shoutd journal: what a failed step leaves to go on."""
+    return "\n".join("--- shoutd on %s\n%s" % (m.name, m.run("journalctl -u shoutd -b --no-pager -o short-monotonic "
+                                                             "| tail -n %d" % lines, check=False).stdout)
+                     for m in machines)
+
+
 def test_apt_install_pulled_in_the_debian_dependencies(machines):
     log = machines[0].apt_log
     for pkg in ("python3-pysyncobj", "python3-pyroute2", "python3-dbus-next", "python3-aiohttp",
@@ -129,8 +136,8 @@ def test_the_readme_install_steps_run_as_printed(machines):
         for line in filter(str.strip, text.splitlines()):
             for m in targets:
                 res = m.run("cd /root && " + line, check=False, timeout=300)
-                assert res.returncode == 0, "README step on %s: %s\n%s%s" % (m.letter, line, res.stdout[-2000:],
-                                                                           res.stderr[-2000:])
+                assert res.returncode == 0, "README step on %s: %s\n%s%s\n%s" % (
+                    m.letter, line, res.stdout[-2000:], res.stderr[-2000:], journals(machines))
                 outputs[m.letter, line.strip()] = res.stdout
     # What the steps promise: one cluster of three, one leader, the network everywhere.
     addrs = sorted("%s:7380" % ip for ip in HOSTS.values())

@@ -368,3 +368,16 @@ def test_a_pool_another_host_made_a_moment_ago_is_found_not_refused():
                                                                       "Options": {}})
         assert status >= 400 and "does not exist" in reply["Error"], reply
     run(t)
+
+
+def test_the_first_endpoint_of_a_network_not_yet_named_asks_the_mirror_to_name_it_at_once():
+    """`docker network create X && docker run --network X ... && shoutdctl network X`: the README's order."""
+    async def t(h, c):
+        pool = await h.create_network(c)
+        assert h.changed == [NET], "CreateNetwork: the mirror looks shortly after (Docker stores the network then)"
+        status, addr = await h.call(c, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "",
+                                                                     "Options": {}})
+        status, _ = await h.call(c, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                                     "Interface": {"Address": addr["Address"]}})
+        assert status == 200 and h.changed == [NET, NET], "CreateEndpoint on an unnamed network: look again now"
+    run(t)
