@@ -56,10 +56,11 @@ class Versions(KickLoop):
         if voters - set(known):
             return                        # a member that has not registered yet: its release is unknown
         target = min(min(known.values()), STATE_VERSION)
-        if target <= state.version:
+        before = state.version
+        if target <= before:
             return
         await self.submit(ops.cluster_version(self.node, target))
-        log.info("cluster state version raised from %d to %d: every member runs it", state.version, target)
+        log.info("cluster state version raised from %d to %d: every member runs it", before, target)
 
     async def report(self):
         me = self.view.state.members.get(self.node)
