@@ -104,6 +104,9 @@ def test_shoutdctl_tables_json_and_exit_codes(world):
     res = bus.ctl("--json", "peers")
     assert res.returncode == 0 and json.loads(res.stdout)[0]["address"] == "198.20.0.1:7380"
     assert json.loads(bus.ctl("--json", "networks").stdout) == []
+    res = bus.ctl("network", "nosuch")
+    assert res.returncode == 1 and "no shoutd network named 'nosuch'" in res.stderr, res.stderr
+    assert "Traceback" not in world.hosts[0].read_log(), "a refusal is an answer, not a traceback in the log"
     res = bus.ctl("peers", "add", "198.20.0.7", user=NOBODY)
     assert res.returncode == 4 and "root" in res.stderr, res.stderr
     res = bus.ctl("peers", "add", "bogus")
