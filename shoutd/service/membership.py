@@ -52,9 +52,10 @@ class Membership:
             return                        # every release since 0.2 runs it
         runs = await ask_version(self.cluster.raft.secret, addr)
         if runs is None:
-            raise ShoutdError("host %s did not say which state version its shoutd runs, and the cluster runs %d: "
-                              "if it runs shoutd 0.2, upgrade it first; else check that shoutd runs there with "
-                              "this cluster's secret" % (addr, needed), CONFLICT, "UpgradeNeeded")
+            raise ShoutdError("host %s did not say which state version its shoutd runs: is shoutd running there, "
+                              "listening on that address, with the same cluster secret? (shoutd 0.2 does not say "
+                              "either, and the cluster runs state version %d: upgrade it first)" % (addr, needed),
+                              CONFLICT, "UpgradeNeeded")
         if runs < needed:
             raise ShoutdError("upgrade %s first: the cluster runs state version %d, and its shoutd runs up to %d"
                               % (addr, needed, runs), CONFLICT, "UpgradeNeeded")
