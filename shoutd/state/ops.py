@@ -95,7 +95,9 @@ def version_needed(op: dict) -> int:
 
 def check_proposable(op: dict, state) -> None:
     """Refuse, before anything is proposed, an op the cluster's version does not allow yet."""
-    spec = OPS[op["op"]]
+    spec = OPS.get(str(op.get("op")))
+    if spec is None:
+        raise ShoutdError("unknown operation %r: no release of shoutd proposes it" % (op.get("op"),))
     needed = version_needed(op)
     if spec.gated and needed > state.version:
         behind = sorted(state.member_label(m["id"]) for m in state.members.values() if m["version"] < needed)

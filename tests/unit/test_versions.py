@@ -256,3 +256,9 @@ def test_a_host_that_stopped_applying_is_ready_for_systemd_and_says_why():
     notifier.status(RaftStatus(self="a", role="halted"), caught_up=False)
     assert "READY=1" in sent, "systemctl start returns: restarting would not help"
     assert any(s.startswith("STATUS=stopped applying") and "upgrade this host" in s for s in sent), sent
+
+
+def test_an_op_no_release_knows_is_refused_at_the_proposer():
+    with pytest.raises(ShoutdError) as err:
+        ops.check_proposable({"op": "nope"}, ClusterState())
+    assert "unknown operation 'nope'" in str(err.value)
