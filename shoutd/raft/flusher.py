@@ -121,10 +121,6 @@ class Flusher:
             self._cond.notify_all()
             return self._seq
 
-    @property
-    def last_seq(self):
-        return self._seq
-
     def wait(self, seq=None, timeout=None):
         """Block until operation `seq` (default: everything queued so far) is on disk; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -221,7 +221,6 @@ class RaftNode:
         with journal.building(dump_file, self.durable, self._legacy) as self._journal_slot:
             hooks = _Hooks(Durability(self._journal_slot), Elections(ELECTION_MIN, ELECTION_MAX),
                            self.utility_messages)
-            self._hooks = hooks
             self.sync = _SyncObj(lambda sync: self._before_tick(sync, hooks),
                                  lambda sync: self._after_tick(sync, hooks, generation),
                                  self.self_addr, others, conf=conf, consumers=[self.machine],

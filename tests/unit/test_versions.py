@@ -19,7 +19,7 @@ from ..support import free_ports, until
 from .test_raft import POOL, SECRET, leader_of, settled
 
 
-def registered(*versions_, release=None):
+def registered(*versions_):
     """A state with one member per version, hosts a, b, c..."""
     cs = ClusterState()
     for i, v in enumerate(versions_):
