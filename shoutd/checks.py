@@ -39,20 +39,20 @@ def _fail(message):
 
 def docker_id(value, what):
     if not isinstance(value, str) or not _DOCKER_ID.match(value):
-        _fail("%s %s is not a Docker id (12 to 64 lowercase hex digits)" % (what, _short(value)))
+        _fail("%s %s is not a Docker id (12 to 64 lowercase hex digits)" % (what, quoted(value)))
     return value
 
 
 def own_id(value, what):
     if not isinstance(value, str) or not _OWN_ID.match(value):
-        _fail("%s %s is not a shoutd id (1 to 64 letters, digits, '_', '.' or '-')" % (what, _short(value)))
+        _fail("%s %s is not a shoutd id (1 to 64 letters, digits, '_', '.' or '-')" % (what, quoted(value)))
     return value
 
 
 def network_name(value):
     if not isinstance(value, str) or not _NAME.match(value):
         _fail("network name %s is not valid: use letters, digits, '_', '.' and '-', starting with a letter "
-              "or digit" % _short(value))
+              "or digit" % quoted(value))
     return value
 
 
@@ -60,7 +60,7 @@ def unicast_mac(value):
     """Six hex octets; unicast (I/G bit clear) and not all zero."""
     text = value.lower() if isinstance(value, str) else value
     if not isinstance(text, str) or not _MAC.match(text):
-        _fail("MAC address %s is not six hex octets such as 0a:5d:0a:d5:00:02" % _short(value))
+        _fail("MAC address %s is not six hex octets such as 0a:5d:0a:d5:00:02" % quoted(value))
     if int(text[:2], 16) & 1:
         _fail("MAC address %s is a multicast or broadcast address; a container needs a unicast one" % text)
     if text == "00:00:00:00:00:00":
@@ -70,11 +70,11 @@ def unicast_mac(value):
 
 def ipv4(value, what):
     if not isinstance(value, str):
-        _fail("%s %s is not an IPv4 address" % (what, _short(value)))
+        _fail("%s %s is not an IPv4 address" % (what, quoted(value)))
     try:
         return ipaddress.IPv4Interface(value).ip if "/" in value else ipaddress.IPv4Address(value)
     except ValueError:
-        _fail("%s %s is not an IPv4 address" % (what, _short(value)))
+        _fail("%s %s is not an IPv4 address" % (what, quoted(value)))
 
 
 def subnet(value, what):
@@ -97,7 +97,7 @@ def mtu(value):
     if value in (None, "", 0):
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or not 68 <= value <= 65535:
-        _fail("MTU %s is not between 68 and 65535" % _short(value))
+        _fail("MTU %s is not between 68 and 65535" % quoted(value))
     return value
 
 
@@ -113,18 +113,18 @@ def options(value, what="options"):
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)) or \
                 len(k) > MAX_OPTION_LENGTH or len(str(v)) > MAX_OPTION_LENGTH:
-            _fail("%s: %s is not a short string option" % (what, _short(k)))
+            _fail("%s: %s is not a short string option" % (what, quoted(k)))
         out[k] = str(v).lower() if isinstance(v, bool) else str(v)
     return out
 
 
 def text(value, what, limit=253):
     if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
-        _fail("%s %s is not printable text of at most %d characters" % (what, _short(value), limit))
+        _fail("%s %s is not printable text of at most %d characters" % (what, quoted(value), limit))
     return value
 
 
-def _short(value):
+def quoted(value):
     """The offending value for a message: quoted, and cut short if long."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -150,7 +150,7 @@ def identity(value):
 def multicast_mode(value):
     if value not in MULTICAST_MODES:
         _fail("multicast=%s is not a multicast mode; use --opt multicast=pruned (send each group only to "
-              "the hosts that listen) or --opt multicast=flood (send all multicast to every host)" % _short(value))
+              "the hosts that listen) or --opt multicast=flood (send all multicast to every host)" % quoted(value))
     return value
 
 
@@ -161,7 +161,7 @@ def multicast_group(value):
     except ValueError:
         group = None
     if group is None or not group.is_multicast:
-        _fail("%s is not a multicast group address" % _short(value))
+        _fail("%s is not a multicast group address" % quoted(value))
     if group.version == 4 and group in LINK_LOCAL_V4:
         _fail("%s is a link-local group (224.0.0.0/24), which always goes to every host" % group)
     return str(group)
@@ -192,5 +192,5 @@ def member_address(value, default_port, what="member address"):
             raise ValueError
     except ValueError:
         raise ShoutdError("%s %s is not a host address; give an IPv4 address, optionally with :port (default "
-                          "port %d)" % (what, _short(text), default_port), INVALID, "InvalidAddress") from None
+                          "port %d)" % (what, quoted(text), default_port), INVALID, "InvalidAddress") from None
     return "%s:%d" % (ip, port)

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 
+from engines import DEBIAN_12, ENGINES, fetch
 from slowdisk import set_delay
 from support import iperf_listening, iperf_summary, sh, wait_for
 
@@ -31,10 +32,6 @@ IMAGE_CACHE = "/var/tmp/shoutd-lab-image-2.tar"     # bump when the image's cont
 TOOLS = ["iperf", "arping", "tcpdump"]
 LOCK_WAIT = 1800         # seconds to wait for another lab of the same name (another test run) to finish
 BIG_TAR = "/var/tmp/shoutd-big-400M.tar"    # an image whose import keeps a disk busy (issue 12)
-
-
-def docker_binary():
-    return "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
 
 
 def build_image(path):
@@ -128,8 +125,12 @@ class Host:
     def netns(self, *cmd, check=True, timeout=120):
         return sh(["nsenter", "--net=/run/netns/" + self.name] + list(cmd), check=check, timeout=timeout)
 
+    def docker_command(self, *args):
+        """argv for this host's engine, through the CLI of its own release (with Lab.cli_env)."""
+        return [self.lab.engine.docker, "-H", "unix://" + self.sock] + list(args)
+
     def docker(self, *args, check=True, timeout=120):
-        return sh([docker_binary(), "-H", "unix://" + self.sock] + list(args), check=check, timeout=timeout)
+        return sh(self.docker_command(*args), check=check, timeout=timeout, env=self.lab.cli_env)
 
     def up(self):
         h = self.name
@@ -147,15 +148,13 @@ class Host:
             "mount --rbind /sys/fs/cgroup {H}/cg && mount -t sysfs sysfs /sys && "
             "mount --rbind {H}/cg /sys/fs/cgroup && mount --bind {H}/plugins /run/docker/plugins && "
             "exec dockerd --data-root {H}/data --exec-root {H}/exec -H unix://{H}/docker.sock "
-            "--pidfile {H}/docker.pid --bip 172.30.{n}.1/24 --iptables=false --ip6tables=false "
-            "--userland-proxy=false{authz}"
-        ).format(H=self.dir, n=self.n,
-                 authz=" --authorization-plugin=shoutd" if self.n in self.lab.authz else "")
+            "--pidfile {H}/docker.pid --bip 172.30.{n}.1/24 --userland-proxy=false {options}"
+        ).format(H=self.dir, n=self.n, options=" ".join(self.lab.dockerd_options(self)))
         os.makedirs("/run/docker/plugins", exist_ok=True)
         out = open(os.path.join(self.dir, "dockerd.log"), "ab")
         self.dockerd = subprocess.Popen(
             ["nsenter", "--net=/run/netns/" + self.name, "unshare", "-m", "--propagation", "private",
-             "sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
+             "sh", "-c", script], stdout=out, stderr=subprocess.STDOUT, env=self.lab.engine_env)
         def answers():
             if self.dockerd.poll() is not None:
                 raise RuntimeError("dockerd on %s exited; see %s/dockerd.log" % (self.name, self.dir))
@@ -261,9 +260,13 @@ class Host:
 
 
 class Lab:
-    def __init__(self, hosts=3, base=None, prefix="sl", python=None, authz=(), slow_disks=False):
+    def __init__(self, hosts=3, base=None, prefix="sl", python=None, authz=(), slow_disks=False,
+                 engine=None, iptables=False):
         self.authz = set(authz)       # hosts whose dockerd asks shoutd to authorize requests
         self.slow_disks = slow_disks  # shoutd's fsyncs can be slowed down (Host.slow_disk)
+        # The Docker release every host runs (engines.py); SHOUTD_LAB_ENGINE picks one for the demo.
+        self.engine = engine or ENGINES[os.environ.get("SHOUTD_LAB_ENGINE", DEBIAN_12.name)]
+        self.iptables = iptables      # dockerd writes its firewall rules (in each host's own namespace)
         self.base = base or tempfile.mkdtemp(prefix="shoutd-lab-")
         self.prefix = prefix
         self.python = python or "/usr/bin/python3"
@@ -271,6 +274,26 @@ class Lab:
         self.underlay = prefix + "-ul0"
         self.hosts = [Host(self, n) for n in range(1, hosts + 1)]
         self._lock = None
+
+    @property
+    def engine_env(self):
+        """dockerd finds its release's containerd, shim and proxy first in PATH (runc stays Debian 12's)."""
+        if self.engine.bin_dir is None:
+            return None
+        return dict(os.environ, PATH=self.engine.bin_dir + ":" + os.environ.get("PATH", "/usr/sbin:/usr/bin"))
+
+    @property
+    def cli_env(self):
+        return None if self.engine.cli_config is None else dict(os.environ, DOCKER_CONFIG=self.engine.cli_config)
+
+    def dockerd_options(self, host):
+        options = [] if self.iptables else ["--iptables=false", "--ip6tables=false"]
+        if self.engine.containerd_store:
+            # The image store Docker 29 uses on new installs (and Docker CE offers from 24).
+            options.append("--feature=containerd-snapshotter=true")
+        if host.n in self.authz:
+            options.append("--authorization-plugin=shoutd")
+        return options
 
     def _take_name(self):
         """Namespaces and links are machine-wide: a second test run on this machine waits its turn."""
@@ -302,6 +325,7 @@ class Lab:
         for h in self.hosts:
             h.up()
         tar = build_image(image_cache)
+        fetch(self.engine)
         # shoutd first: a dockerd with shoutd as authorization plugin answers nothing without it.
         for h in self.hosts:
             h.start_shoutd()

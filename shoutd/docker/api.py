@@ -28,6 +28,12 @@ class CreateNetwork:
 
 
 @dataclass
+class GwAllocCheck:
+    """Docker 28+, before it reserves a network's pools: the options CreateNetwork will carry."""
+    Options: dict = _optional(dict)
+
+
+@dataclass
 class DeleteNetwork:
     NetworkID: str
 
@@ -37,6 +43,7 @@ class CreateEndpoint:
     NetworkID: str
     EndpointID: str
     Interface: dict = _optional(dict)
+    Options: dict = _optional(dict)
 
 
 @dataclass

@@ -87,7 +87,13 @@ async def activate(service, body):
 
 
 async def capabilities(service, body):
-    return {"Scope": "local", "ConnectivityScope": "global"}
+    # GwAllocChecker: Docker 28+ then sends GwAllocCheck before it reserves a pool.
+    return {"Scope": "local", "ConnectivityScope": "global", "GwAllocChecker": True}
+
+
+async def gateway_check(service, body):
+    skip4, skip6 = service.driver.gateway_check(api.parse(api.GwAllocCheck, body).Options)
+    return {"SkipIPv4": skip4, "SkipIPv6": skip6}
 
 
 async def create_network(service, body):
@@ -103,7 +109,7 @@ async def delete_network(service, body):
 
 async def create_endpoint(service, body):
     req = api.parse(api.CreateEndpoint, body)
-    iface = await service.driver.create_endpoint(req.NetworkID, req.EndpointID, req.Interface)
+    iface = await service.driver.create_endpoint(req.NetworkID, req.EndpointID, req.Interface, req.Options)
     return {"Interface": iface} if iface else {}
 
 
@@ -189,6 +195,7 @@ async def release_address(service, body):
 ROUTES = {
     "Plugin.Activate": activate,
     "NetworkDriver.GetCapabilities": capabilities,
+    "NetworkDriver.GwAllocCheck": gateway_check,
     "NetworkDriver.CreateNetwork": create_network,
     "NetworkDriver.DeleteNetwork": delete_network,
     "NetworkDriver.CreateEndpoint": create_endpoint,
@@ -198,6 +205,9 @@ ROUTES = {
     "NetworkDriver.Leave": leave,
     "NetworkDriver.DiscoverNew": nothing,
     "NetworkDriver.DiscoverDelete": nothing,
+    # A shoutd network gives no gateway, so it has no external connectivity to program.  Docker 29
+    # sends these only when an endpoint gains or loses the gateway role, Revoke before Leave; older
+    # releases at every Join and Leave.  Either way they carry nothing to do, in any order.
     "NetworkDriver.ProgramExternalConnectivity": nothing,
     "NetworkDriver.RevokeExternalConnectivity": nothing,
     "NetworkDriver.AllocateNetwork": swarm_only,
@@ -217,7 +227,7 @@ ROUTES = {
 # current.  Activation and capabilities must answer at once (Docker probes
 # plugins with short timeouts), and AuthZ sees every Docker API call.
 NEEDS_STATE = {name for name in ROUTES if name.startswith(("NetworkDriver.", "IpamDriver."))} - {
-    "NetworkDriver.GetCapabilities", "NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete",
+    "NetworkDriver.GetCapabilities", "NetworkDriver.GwAllocCheck", "NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete",
     "NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity",
     "NetworkDriver.AllocateNetwork", "NetworkDriver.FreeNetwork",
     "IpamDriver.GetCapabilities", "IpamDriver.GetDefaultAddressSpaces"}

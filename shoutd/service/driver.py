@@ -22,6 +22,31 @@ log = logging.getLogger(__name__)
 NETWORK_OPTION = "shoutd.network"
 MULTICAST = "224.0.0.0/4"
 RIGHT_COMMAND = "docker network create -d shoutd --ipam-driver shoutd [--subnet SUBNET] NAME"
+IPV4_ONLY = "shoutd supports IPv4 only; create the network without --ipv6"
+# Network options Docker 28 and later always send, as JSON booleans (older releases omit them).
+ENABLE_IPV4 = "com.docker.network.enable_ipv4"
+ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+GENERIC = "com.docker.network.generic"      # the -o/--opt driver options
+# The name a container's interface should get (`docker run --network name=N,driver-opt=...`, Compose's
+# interface_name); Docker 28 and later pass it in CreateEndpoint's options.
+IFNAME = "com.docker.network.endpoint.ifname"
+
+
+def network_options(options):
+    """A network's driver options, once its other options ask for nothing shoutd cannot serve.
+
+    Checked twice: by GwAllocCheck (Docker 28+), before Docker reserves a pool,
+    so a bad option costs no cluster write; and by CreateNetwork, for older Docker.
+    """
+    options = options if isinstance(options, dict) else {}
+    if options.get(ENABLE_IPV4) in (False, "false"):
+        raise ShoutdError("shoutd networks are IPv4 networks (IPv6 is not supported yet); create the "
+                          "network without --ipv4=false: " + RIGHT_COMMAND)
+    if options.get(ENABLE_IPV6) in (True, "true"):
+        raise ShoutdError(IPV4_ONLY)
+    generic = checks.options(options.get(GENERIC), "driver options")
+    checks.multicast_mode(generic.get("multicast", checks.PRUNED))
+    return generic
 
 
 def mac_for(ip):
@@ -35,7 +60,21 @@ class NetworkDriver:
         self.reconciler = reconciler
         self.on_network_changed = on_network_changed or (lambda docker_id: None)
 
+    def gateway_check(self, options):
+        """Docker 28+ asks whether the network wants a gateway address: (skip IPv4, skip IPv6).
+
+        shoutd keeps one: the cluster state reserves one gateway address per
+        network whatever the engine, because engines before 28 always ask for
+        it, and hosts with different engines must agree on which addresses are
+        free.  Docker then shows the same Gateway on every host.  No host holds
+        that address (Join names no gateway: a shoutd network is a plain L2
+        segment); it stays free for a router a user may attach.
+        """
+        network_options(options)
+        return False, False
+
     async def create_network(self, docker_id, ipv4_data, options):
+        generic = network_options(options)
         if not ipv4_data:
             raise ShoutdError("shoutd networks need an IPv4 subnet; create it with: " + RIGHT_COMMAND)
         data = ipv4_data[0]
@@ -48,8 +87,7 @@ class NetworkDriver:
         net = self.cluster.state().network_by_subnet(pool)
         if net is None:
             raise ShoutdError("no shoutd pool %s: was it released meanwhile? Try again." % pool, NOT_FOUND)
-        generic = checks.options((options or {}).get("com.docker.network.generic"), "driver options")
-        asked = checks.multicast_mode(generic.get("multicast", checks.PRUNED))
+        asked = generic.get("multicast", checks.PRUNED)
         mode = net["multicast"] or asked     # the first binding (the creating host) decides; copies ask the same
         await self.cluster.submit(ops.network_bind(self.cluster.node, net["id"], docker_id,
                                                    {k: v for k, v in generic.items() if k != NETWORK_OPTION},
@@ -71,7 +109,7 @@ class NetworkDriver:
             raise ShoutdError(result["reason"], CONFLICT)
         log.info("network %s (VNI %d) removed from the cluster", label, vni)
 
-    async def create_endpoint(self, docker_id, endpoint_id, interface):
+    async def create_endpoint(self, docker_id, endpoint_id, interface, options=None):
         net = self.cluster.bound_network(docker_id)
         checks.docker_id(endpoint_id, "EndpointID")
         interface = interface or {}
@@ -83,6 +121,13 @@ class NetworkDriver:
             raise ShoutdError("shoutd supports IPv4 only; endpoint %s asked for an IPv6 address"
                               % endpoint_id[:12])
         label = network_label(net)
+        ifname = (options or {}).get(IFNAME)
+        if ifname:
+            # moby's remote driver drops the name Join could give back (drivers/remote Join calls
+            # SetNames with no name), so refusing would only break the container; say it plainly.
+            log.warning("endpoint %s in network %s asks for interface name %s: Docker names the interface "
+                        "of a plugin's network after its prefix (eth) and ignores the name", endpoint_id[:12],
+                        label, checks.quoted(ifname))
         ip = checks.host_in(checks.ipv4(address, "address"), net["subnet"], "address", label)
         mac = checks.unicast_mac(interface["MacAddress"]) if interface.get("MacAddress") else mac_for(ip)
         await self.cluster.submit(ops.endpoint_add(self.cluster.node, net["id"], endpoint_id, str(ip), mac))

@@ -10,7 +10,7 @@ import logging
 from .. import checks
 from ..errors import NOT_FOUND, ShoutdError
 from ..state import network_label, ops
-from .driver import NETWORK_OPTION
+from .driver import IPV4_ONLY, NETWORK_OPTION
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class Ipam:
 
     async def request_pool(self, pool, sub_pool, options, v6):
         if v6:
-            raise ShoutdError("shoutd supports IPv4 only; create the network without --ipv6")
+            raise ShoutdError(IPV4_ONLY)
         if sub_pool:
             raise ShoutdError("--ip-range is not supported by shoutd; every container of a shoutd "
                               "network gets its address from the whole --subnet")

@@ -18,7 +18,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from lab import Lab, docker_binary  # noqa: E402
+from lab import Lab  # noqa: E402
 from support import iperf_listening, iperf_summary, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -27,8 +27,8 @@ if os.geteuid() != 0 or not shutil.which("dockerd"):
 
 
 @pytest.fixture(scope="module")
-def lab():
-    lab = Lab(3, authz=[1])       # host 1's dockerd uses shoutd as authorization plugin
+def lab(engine):
+    lab = Lab(3, authz=[1], engine=engine)    # host 1's dockerd uses shoutd as authorization plugin
     try:
         lab.up()
         lab.start_shoutd()
@@ -130,9 +130,9 @@ raw.send(b"\\xff" * 6 + mac + b"\\x88\\xb5" + b"shoutd-not-ip".ljust(46, b"."))
 
 def capture(host, container, bpf, count=1, timeout=15):
     """Start tcpdump inside a container, once it listens; returns a function that waits for its output."""
-    proc = subprocess.Popen([docker_binary(), "-H", "unix://" + host.sock, "exec", container, "timeout", str(timeout),
-                             "tcpdump", "-Z", "root", "-n", "-e", "-v", "-l", "-i", "eth0", "-c", str(count), bpf],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(host.docker_command("exec", container, "timeout", str(timeout), "tcpdump", "-Z", "root",
+                                                "-n", "-e", "-v", "-l", "-i", "eth0", "-c", str(count), bpf),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=host.lab.cli_env)
     seen, deadline = b"", time.monotonic() + timeout
     while b"listening on" not in seen and proc.poll() is None and time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 1.0)[0]:

@@ -38,8 +38,8 @@ GROUP = "239.7.7.7"
 
 
 @pytest.fixture(scope="module")
-def lab():
-    lab = Lab(4, prefix="pr")
+def lab(engine):
+    lab = Lab(4, prefix="pr", engine=engine)
     try:
         lab.up()
         lab.start_shoutd()

@@ -62,7 +62,8 @@ def test_activate_and_capabilities_with_empty_bodies():
     async def t(h, c):
         assert await h.call(c, "Plugin.Activate") == (200, {"Implements": ["NetworkDriver", "IpamDriver", "authz"]})
         assert await h.call(c, "NetworkDriver.GetCapabilities") == (200, {"Scope": "local",
-                                                                          "ConnectivityScope": "global"})
+                                                                          "ConnectivityScope": "global",
+                                                                          "GwAllocChecker": True})
         status, caps = await h.call(c, "IpamDriver.GetDefaultAddressSpaces")
         assert status == 200 and caps["GlobalDefaultAddressSpace"] == "shoutd"
     run(t)
@@ -129,7 +130,7 @@ def test_every_call_survives_malformed_json(method):
 
 
 @pytest.mark.parametrize("method", sorted(m for m in ROUTES if not m.endswith(
-    ("Activate", "GetCapabilities", "GetDefaultAddressSpaces", "DiscoverNew", "DiscoverDelete",
+    ("Activate", "GetCapabilities", "GwAllocCheck", "GetDefaultAddressSpaces", "DiscoverNew", "DiscoverDelete",
      "ProgramExternalConnectivity", "RevokeExternalConnectivity", "RequestPool", "AuthZRes", "AuthZReq"))))
 def test_every_call_with_an_empty_body_or_unknown_ids_gets_an_error_not_a_traceback(method):
     async def t(h, c):
