@@ -34,7 +34,7 @@ class Engine:
     def __init__(self, name, packages=None, containerd_store=False):
         self.name = name
         self.packages = packages or {}          # package: (version, sha256 of the amd64 .deb)
-        self.containerd_store = containerd_store
+        self.containerd_store = containerd_store    # the lab runs it with containerd's image store
 
     @property
     def root(self):

@@ -132,6 +132,14 @@ class Host:
     def docker(self, *args, check=True, timeout=120):
         return sh(self.docker_command(*args), check=check, timeout=timeout, env=self.lab.cli_env)
 
+    def compose(self, directory, project, *args, check=True):
+        """Compose on this host: v2 (`docker compose`) with an engine of our own, else Debian 12's v1."""
+        if self.lab.engine.cli_config is not None:
+            cmd = self.docker_command("compose", "-p", project, *args)
+        else:
+            cmd = ["docker-compose", "-H", "unix://" + self.sock, "-p", project] + list(args)
+        return sh(cmd, check=check, timeout=300, env=self.lab.cli_env, cwd=directory)
+
     def up(self):
         h = self.name
         sh("ip netns add %s" % h)
@@ -261,12 +269,14 @@ class Host:
 
 class Lab:
     def __init__(self, hosts=3, base=None, prefix="sl", python=None, authz=(), slow_disks=False,
-                 engine=None, iptables=False):
+                 engine=None, iptables=False, containerd_store=None):
         self.authz = set(authz)       # hosts whose dockerd asks shoutd to authorize requests
         self.slow_disks = slow_disks  # shoutd's fsyncs can be slowed down (Host.slow_disk)
         # The Docker release every host runs (engines.py); SHOUTD_LAB_ENGINE picks one for the demo.
         self.engine = engine or ENGINES[os.environ.get("SHOUTD_LAB_ENGINE", DEBIAN_12.name)]
         self.iptables = iptables      # dockerd writes its firewall rules (in each host's own namespace)
+        # Images in containerd's store (Docker 29's default for new installs), or the graph driver's.
+        self.containerd_store = self.engine.containerd_store if containerd_store is None else containerd_store
         self.base = base or tempfile.mkdtemp(prefix="shoutd-lab-")
         self.prefix = prefix
         self.python = python or "/usr/bin/python3"
@@ -288,7 +298,7 @@ class Lab:
 
     def dockerd_options(self, host):
         options = [] if self.iptables else ["--iptables=false", "--ip6tables=false"]
-        if self.engine.containerd_store:
+        if self.containerd_store:
             # The image store Docker 29 uses on new installs (and Docker CE offers from 24).
             options.append("--feature=containerd-snapshotter=true")
         if host.n in self.authz:
@@ -332,6 +342,11 @@ class Lab:
         for h in self.hosts:
             h.start_dockerd()
         for h in self.hosts:
+            # The tests say which image store they ran on: make sure it is that one.
+            status = h.docker("info", "--format", "{{json .DriverStatus}}").stdout
+            if ("io.containerd.snapshotter" in status) != self.containerd_store:
+                raise RuntimeError("dockerd %s on %s does not use the %s image store: %s" % (
+                    self.engine, h.name, "containerd" if self.containerd_store else "graph driver's", status))
             h.docker("import", tar, IMAGE, timeout=300)
         return self
 
