@@ -94,6 +94,8 @@ def show_status(st):
     if "StateVersion" in st:
         print("version  the cluster runs state version %d; this shoutd runs up to %d" % (st["StateVersion"],
                                                                                      st["RunsStateVersion"]))
+    for problem in st.get("Firewall", []):
+        print("FIREWALL %s" % problem)
     if "LeaderChanged" in st:
         print("raft     %s; slowest journal flush (10 min) %.3f s" % (leader_change(st["LeaderChanged"]),
                                                                        st["SlowestFlush"]))
@@ -161,6 +163,7 @@ def as_json(st, part=None):
            "members": [dict(zip(("address", "vtep", "hostname", "state"), m)) for m in st["Members"]],
            "networks": [dict(zip(("name", "subnet", "vni", "endpoints"), n)) for n in st["Networks"]],
            "kernel_prunes": st.get("KernelPrunes"), "unreachable": st.get("Unreachable"),
+           "firewall": st.get("Firewall"),
            "leader_changed": st.get("LeaderChanged"), "slowest_flush": st.get("SlowestFlush"),
            "state_version": st.get("StateVersion"), "runs_state_version": st.get("RunsStateVersion"),
            "halted": st.get("Halted")}

@@ -56,6 +56,8 @@ def status_variant(st):
                                                  for n in st["networks"]]),
             # False on kernels before 6.4: this host sends every group to every host.
             "KernelPrunes": Variant("b", st["kernel_prunes"]),
+            # What in this host's firewall keeps shoutd traffic from flowing, each with what to do ([] if nothing).
+            "Firewall": Variant("as", st["firewall"]),
             # Raft as this host sees it: whom it cannot reach, when the leader last changed
             # (Unix seconds, 0 if never seen), the slowest journal flush of the last 10 minutes.
             "Unreachable": Variant("as", st["unreachable"]),

@@ -1,47 +1,148 @@
-"""Let bridged shoutd traffic past iptables when br_netfilter would hand it over.
+"""Let bridged shoutd traffic past the host's firewall, and say so when shoutd cannot.
 
-Docker loads br_netfilter and, with its default iptables rules, sets the
-FORWARD policy to DROP.  From then on every frame our bridges forward between
-a container's veth and the VXLAN device also passes iptables FORWARD (as
-`-i shbV -o shbV`), and is dropped.  The per-bridge nf_call_iptables switch
-cannot turn that off while the namespace-wide sysctl is on, so shoutd keeps
-one rule, `FORWARD -i shb+ -o shb+ -j ACCEPT`, while the sysctl is set.
-Traffic between two shoutd bridges, or out to the host, is not matched.
+With br_netfilter loaded and bridge-nf-call-iptables (or -ip6tables) set,
+every frame a shoutd bridge forwards between a container's veth and the VXLAN
+device also passes the IPv4 (IPv6) FORWARD hook, as `-i shbV -o shbV`.
+Docker loads br_netfilter (before 27.3 always; from 27.3 only for icc=false,
+userland-proxy=false or docker_gwbridge) and, when it enables forwarding
+itself, sets FORWARD's policy to DROP, for ip6tables too from 27.  The
+per-bridge nf_call_iptables switch cannot turn that off while the
+namespace-wide sysctl is on, so shoutd keeps one rule per family,
+`FORWARD -i shb+ -o shb+ -j ACCEPT`, while the sysctl is set.  It goes right
+below the jump to DOCKER-USER, never above it, so the user's own rules there
+still come first; Docker 28 re-inserts DOCKER-USER and DOCKER-FORWARD at the
+top on every start, which only pushes them further above it.  Traffic between
+two shoutd bridges, or out to the host, is not matched.
+
+An nftables base chain on the forward hook with policy drop (a hand-written
+ruleset, firewalld, or Docker 29's nftables backend when it enables
+forwarding) drops the same frames whatever iptables accepts: a packet must be
+accepted by every base chain on a hook.  Editing someone else's table is not
+shoutd's to do, so it names the chain and the rule to add, in its log and in
+its status (`problems`).  The bridge family's forward hook sees every bridged
+frame, br_netfilter or not.
 """
 
+import json
 import logging
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-RULE = ["FORWARD", "-i", "shb+", "-o", "shb+", "-m", "comment", "--comment", "shoutd: bridged overlay traffic",
-        "-j", "ACCEPT"]
+COMMENT = "shoutd: bridged overlay traffic"
+MATCH = ["-i", "shb+", "-o", "shb+", "-m", "comment", "--comment", COMMENT, "-j", "ACCEPT"]
+USER_CHAIN = "DOCKER-USER"
+SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-%s"
 
 
-def bridged_traffic_hits_iptables():
+@dataclass(frozen=True)
+class Family:
+    command: str        # iptables or ip6tables
+    sysctl: str         # br_netfilter's switch that hands bridged frames to it
+    nft: tuple          # the nftables families whose forward hook then sees them
+
+
+IPV4 = Family("iptables", SYSCTL % "iptables", ("ip", "inet"))
+IPV6 = Family("ip6tables", SYSCTL % "ip6tables", ("ip6", "inet"))
+
+
+def bridged_traffic_hits(family):
     try:
-        with open(SYSCTL) as f:
+        with open(family.sysctl) as f:
             return f.read().strip() == "1"
     except OSError:
         return False            # br_netfilter not loaded: iptables never sees bridged frames
 
 
-def ensure_forward_accept(run=subprocess.run):
-    """Idempotent; returns what it did, for the log and the tests."""
-    if not bridged_traffic_hits_iptables():
-        return "not needed"
-    iptables = shutil.which("iptables")
-    if iptables is None:
-        log.warning("br_netfilter passes bridged traffic to iptables, but there is no iptables "
-                    "command to allow it; install iptables or allow -i shb+ -o shb+ in FORWARD")
-        return "no iptables"
-    if run([iptables, "-w", "-C"] + RULE, capture_output=True).returncode == 0:
-        return "present"
-    res = run([iptables, "-w", "-I"] + RULE, capture_output=True, text=True)
-    if res.returncode != 0:
-        log.warning("cannot add the iptables rule for bridged shoutd traffic: %s", res.stderr.strip())
-        return "failed"
-    log.info("added iptables rule: FORWARD -i shb+ -o shb+ -j ACCEPT (br_netfilter is on)")
-    return "added"
+def position(rules):
+    """Where the rule belongs in `iptables -S FORWARD`'s rules: right below the last DOCKER-USER jump."""
+    appended = [r.split() for r in rules if r.startswith("-A FORWARD ")]
+    jumps = [i for i, words in enumerate(appended) if words[-2:] == ["-j", USER_CHAIN]]
+    return jumps[-1] + 2 if jumps else 1
+
+
+class Firewall:
+    """One host's firewall as shoutd's traffic meets it; `ensure` runs on the netlink worker thread."""
+
+    def __init__(self, run=subprocess.run, which=shutil.which, families=(IPV4, IPV6)):
+        self._run, self._which, self.families = run, which, families
+        self.problems = ()          # what keeps shoutd traffic from flowing, each with what to do
+        self.done = {}              # family command -> what ensure last did, for the log and tests
+
+    def ensure(self):
+        problems = []
+        hooked = set()
+        for family in self.families:
+            if not bridged_traffic_hits(family):
+                self.done[family.command] = "not needed"
+                continue
+            hooked.update(family.nft)
+            self.done[family.command], problem = self._ensure_rule(family)
+            if problem:
+                problems.append(problem)
+        problems += self._nft_droppers(hooked | {"bridge"})
+        if tuple(problems) != self.problems:
+            for p in problems:
+                log.warning("firewall: %s", p)
+            if self.problems and not problems:
+                log.info("firewall: nothing blocks shoutd traffic any more")
+        self.problems = tuple(problems)
+        return self.done
+
+    def _ensure_rule(self, family):
+        """(what was done, a problem or None) for one iptables family."""
+        binary = self._which(family.command)
+        if binary is None:
+            return "no %s" % family.command, (
+                "br_netfilter hands bridged traffic to %s, but there is no %s command to allow it; install "
+                "iptables, or allow -i shb+ -o shb+ in FORWARD" % (family.command, family.command))
+        listed = self._run([binary, "-w", "-S", "FORWARD"], capture_output=True, text=True)
+        if listed.returncode != 0:
+            return "failed", "cannot list %s FORWARD: %s" % (family.command, listed.stderr.strip())
+        rules = listed.stdout.splitlines()
+        ours = [i for i, r in enumerate(r for r in rules if r.startswith("-A FORWARD ")) if COMMENT in r]
+        want = position(rules)
+        if len(ours) == 1 and ours[0] >= want - 1:
+            return "present", None          # below DOCKER-USER: where Docker's re-inserts leave it
+        for _ in ours:          # above DOCKER-USER (shoutd before 0.4 inserted at the top), or twice
+            self._run([binary, "-w", "-D", "FORWARD"] + MATCH, capture_output=True)
+        if ours:
+            want = position([r for r in rules if COMMENT not in r])
+        res = self._run([binary, "-w", "-I", "FORWARD", str(want)] + MATCH, capture_output=True, text=True)
+        if res.returncode != 0:
+            return "failed", "cannot add the %s rule for bridged shoutd traffic: %s" % (family.command,
+                                                                                      res.stderr.strip())
+        log.info("%s: FORWARD rule %d: -i shb+ -o shb+ -j ACCEPT (br_netfilter is on)", family.command, want)
+        return "moved" if ours else "added", None
+
+    def _nft_droppers(self, families):
+        """A problem for each nftables forward base chain that drops what it does not accept."""
+        nft = self._which("nft")
+        if nft is None:
+            return []           # no nftables tooling: nothing but iptables can have set a chain up
+        res = self._run([nft, "-j", "list", "chains"], capture_output=True, text=True)
+        try:
+            items = json.loads(res.stdout)["nftables"] if res.returncode == 0 else []
+        except (ValueError, KeyError, TypeError):
+            items = []
+        problems = []
+        for item in items:
+            chain = item.get("chain") if isinstance(item, dict) else None
+            if not chain or chain.get("hook") != "forward" or chain.get("policy") != "drop":
+                continue
+            family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
+            if family not in families:
+                continue
+            if family in ("ip", "ip6") and table == "filter" and name == "FORWARD":
+                continue        # iptables' own chain: the rule above handles it
+            rules = self._run([nft, "list", "chain", family, table, name], capture_output=True, text=True).stdout
+            if any("shb" in line and "accept" in line for line in rules.splitlines()):
+                continue        # the user has let it through
+            match = 'meta ibrname "shb*" meta obrname "shb*"' if family == "bridge" else 'iifname "shb*" oifname "shb*"'
+            problems.append(
+                "nftables chain %s %s %s drops forwarded traffic by policy, and bridged shoutd traffic passes it: "
+                "containers on different hosts cannot reach each other. Accept it there: nft insert rule %s %s %s "
+                "%s accept" % (family, table, name, family, table, name, match))
+        return problems

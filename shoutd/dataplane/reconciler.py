@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from ..errors import INTERNAL, ShoutdError
 from ..kickloop import KickLoop
-from . import firewall
+from .firewall import Firewall
 from .fence import Fence
 from .desired import BRIDGE_PREFIX, HOST_VETH_PREFIX, OWNED, PEER_VETH_PREFIX, VXLAN_OVERHEAD, VXLAN_PREFIX, desired
 
@@ -54,7 +54,7 @@ class Underlay:
 Waiter = namedtuple("Waiter", "generation future")   # a reconcile() call, served by a pass from `generation`
 
 
-def program(nl, networks, endpoints, underlay, previous=None, fence=None):
+def program(nl, networks, endpoints, underlay, previous=None, fence=None, firewall=None):
     """Make the kernel match; runs on the netlink worker thread.
 
     With `previous`, the plan the kernel was last brought to, only what
@@ -106,18 +106,19 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None):
         nl.delete(name)
     # Docker may load br_netfilter after our first pass (shoutd starts first at
     # boot), so look again whenever a container or network arrives here.
-    if networks and added:
-        firewall.ensure_forward_accept()
+    if networks and added and firewall is not None:
+        firewall.ensure()
     fenced = {net.vxlan for net in networks if net.snooping}
     if fence is not None and (previous is None or fenced != {net.vxlan for net in before_nets if net.snooping}):
         fence.ensure(fenced)
 
 
 class Reconciler(KickLoop):
-    def __init__(self, worker, node, underlay, view, interval=30.0, fence=None):
+    def __init__(self, worker, node, underlay, view, interval=30.0, fence=None, firewall=None):
         super().__init__(interval, view.caught_up)
         self.worker = worker
         self.fence = fence if fence is not None else Fence()
+        self.firewall = firewall if firewall is not None else Firewall()
         self.node = node
         self.underlay = underlay
         self.view = view
@@ -160,7 +161,7 @@ class Reconciler(KickLoop):
         self._applied = None        # until this pass succeeds, the next one checks everything
         started = time.monotonic()
         try:
-            await self.worker.run(program, *plan, self.underlay, previous, self.fence)
+            await self.worker.run(program, *plan, self.underlay, previous, self.fence, self.firewall)
         except ShoutdError as e:
             log.error("reconcile failed: %s", e)
             return e

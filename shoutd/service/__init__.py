@@ -29,7 +29,7 @@ class Service:
     """The areas, wired to one Cluster: adapters call service.<area>.<method>."""
 
     def __init__(self, raft, reconciler, node, config, on_network_changed=None, kernel_prunes=True):
-        self.cluster = Cluster(raft, node, config, kernel_prunes)
+        self.cluster = Cluster(raft, node, config, kernel_prunes, reconciler.firewall)
         self.membership = Membership(self.cluster)
         self.ipam = Ipam(self.cluster)
         self.driver = NetworkDriver(self.cluster, reconciler, on_network_changed)

@@ -17,11 +17,12 @@ log = logging.getLogger(__name__)
 
 
 class Cluster:
-    def __init__(self, raft, node, config, kernel_prunes=True):
+    def __init__(self, raft, node, config, kernel_prunes=True, firewall=None):
         self.raft = raft
         self.node = node
         self.config = config
         self.kernel_prunes = kernel_prunes   # this kernel can send a group to chosen hosts (VXLAN MDB)
+        self.firewall = firewall             # its `problems`: what in this host's firewall blocks shoutd traffic
         self._replicas = {}          # subnet -> the cluster network whose copy the mirror is creating here
 
     def state(self):

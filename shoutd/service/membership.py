@@ -92,6 +92,7 @@ class Membership:
                 "members": members, "networks": networks, "applied": applied, "digest": digest,
                 "commit_index": st.commit_index, "last_applied": st.last_applied,
                 "kernel_prunes": self.cluster.kernel_prunes, "unreachable": list(st.unreachable),
+                "firewall": list(self.cluster.firewall.problems),
                 "leader_changed": st.leader_changed, "slowest_flush": raft.slowest_flush(),
                 "state_version": state.version, "runs_state_version": STATE_VERSION, "halted": raft.halted or "",
                 "releases": {m: rec.get("release", "") for m, rec in state.members.items()}}

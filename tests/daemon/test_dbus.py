@@ -99,6 +99,7 @@ def test_shoutdctl_tables_json_and_exit_codes(world):
     assert "leader changed 20" in res.stdout and "slowest journal flush (10 min)" in res.stdout, res.stdout
     st = status(bus)
     assert st["LeaderChanged"] > 0 and st["SlowestFlush"] >= 0 and st["Unreachable"] == []
+    assert st["Firewall"] == [], "no shoutd network here yet: nothing of the firewall was looked at"
     st = json.loads(bus.ctl("--json", "status").stdout)
     assert st["leader_changed"] > 0 and "slowest_flush" in st
     res = bus.ctl("--json", "peers")

@@ -57,10 +57,15 @@ class FakeRaft:
         return result["value"]
 
 
+class FakeFirewall:
+    problems = ()
+
+
 class FakeReconciler:
     def __init__(self):
         self.waits = 0        # reconcile() calls: Docker waiting for the kernel
         self.kicks = 0
+        self.firewall = FakeFirewall()
 
     async def reconcile(self, timeout=30.0):
         self.waits += 1

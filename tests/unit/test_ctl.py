@@ -64,3 +64,13 @@ def test_status_shows_the_last_leader_change_the_slowest_flush_and_whom_it_canno
     assert "leader changed 1970-01-12" in out or "leader changed 1970-01-11" in out, out
     assert ctl.leader_change(100.0, now=100.0 + 3725).endswith("(1h02m ago)")
     assert ctl.leader_change(0.0) == "no leader change seen since shoutd started"
+
+
+def test_status_leads_with_what_in_the_firewall_blocks_shoutd_traffic(capsys):
+    problem = ("nftables chain inet filter forward drops forwarded traffic by policy, ... Accept it there: "
+               'nft insert rule inet filter forward iifname "shb*" oifname "shb*" accept')
+    ctl.show_status(dict(status_with(True, "flood"), Firewall=[problem]))
+    out = capsys.readouterr().out
+    assert "FIREWALL " + problem in out.splitlines(), out
+    ctl.show_status(dict(status_with(True, "flood"), Firewall=[]))
+    assert "FIREWALL" not in capsys.readouterr().out

@@ -20,7 +20,7 @@ class FakeWorker:
         self.plans = []
         self.failing = False
 
-    async def run(self, fn, networks, endpoints, underlay, previous, fence=None):
+    async def run(self, fn, networks, endpoints, underlay, previous, fence=None, firewall=None):
         self.plans.append(([n.bridge for n in networks], [e.host for e in endpoints], previous is None))
         if self.failing:
             raise ShoutdError("cannot create bridge shb4200: Operation not permitted (EPERM)", "internal")

@@ -1,0 +1,154 @@
+"""The firewall rule for bridged shoutd traffic, against fake iptables and nft that keep their rules.
+
+The real commands, in network namespaces with Docker's own rulesets, are
+tried in tests/e2e/test_firewall.py.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from shoutd.dataplane.firewall import COMMENT, Family, Firewall, position
+
+DOCKER_28 = ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-FORWARD"]
+
+
+class FakeIptables:
+    """`iptables -w -S/-I/-D FORWARD` over a list of rules, one instance per family."""
+
+    def __init__(self, rules=(), policy="DROP"):
+        self.policy, self.rules = policy, list(rules)
+
+    def __call__(self, argv):
+        op, args = argv[2], argv[4:]
+        rule = "-A FORWARD " + " ".join('"%s"' % a if " " in a else a for a in args)
+        if op == "-S":
+            return 0, "\n".join(["-P FORWARD " + self.policy] + self.rules) + "\n"
+        if op == "-I":
+            self.rules.insert(int(args[0]) - 1, "-A FORWARD " + " ".join(
+                '"%s"' % a if " " in a else a for a in args[1:]))
+            return 0, ""
+        if op == "-D":
+            if rule in self.rules:
+                self.rules.remove(rule)
+                return 0, ""
+            return 1, ""
+        raise AssertionError(argv)
+
+
+class Host:
+    """The commands a Firewall runs, with br_netfilter's switches in files of our own."""
+
+    def __init__(self, tmp_path, v4=True, v6=True, ipv4=None, ipv6=None, chains=(), chain_rules=None):
+        self.tables = {"iptables": ipv4 or FakeIptables(), "ip6tables": ipv6 or FakeIptables()}
+        self.chains, self.chain_rules = list(chains), chain_rules or {}
+        self.families = []
+        for name, on, nft in (("iptables", v4, ("ip", "inet")), ("ip6tables", v6, ("ip6", "inet"))):
+            path = tmp_path / ("bridge-nf-call-" + name)
+            path.write_text("1\n" if on else "0\n")
+            self.families.append(Family(name, str(path), nft))
+        self.calls = []
+
+    def run(self, argv, capture_output=True, text=False):
+        self.calls.append(argv)
+        tool = argv[0].rsplit("/", 1)[-1]
+        if tool in self.tables:
+            code, out = self.tables[tool](argv)
+        elif argv[1:] == ["-j", "list", "chains"]:
+            code, out = 0, json.dumps({"nftables": [{"metainfo": {"version": "1.0.6"}}] +
+                                      [{"chain": c} for c in self.chains]})
+        elif argv[1:3] == ["list", "chain"]:
+            code, out = 0, self.chain_rules.get(tuple(argv[3:]), "")
+        else:
+            raise AssertionError(argv)
+        return subprocess.CompletedProcess(argv, code, out, "")
+
+    def firewall(self, tools=("iptables", "ip6tables", "nft")):
+        return Firewall(run=self.run, which=lambda t: "/usr/sbin/" + t if t in tools else None,
+                        families=self.families)
+
+
+def ours(table):
+    return [i for i, r in enumerate(table.rules) if COMMENT in r]
+
+
+def test_the_rule_goes_right_below_docker_user_or_first():
+    assert position(["-P FORWARD DROP"]) == 1
+    assert position(["-P FORWARD DROP"] + DOCKER_28) == 2
+    assert position(["-P FORWARD DROP", "-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-USER", "-A FORWARD -j X"]) == 3
+
+
+def test_without_br_netfilter_nothing_is_touched(tmp_path):
+    host = Host(tmp_path, v4=False, v6=False)
+    assert host.firewall().ensure() == {"iptables": "not needed", "ip6tables": "not needed"}
+    assert not [c for c in host.calls if "iptables" in c[0]]
+
+
+def test_a_drop_policy_in_both_families_gets_the_rule_in_both_below_docker_user(tmp_path):
+    host = Host(tmp_path, ipv4=FakeIptables(DOCKER_28), ipv6=FakeIptables(DOCKER_28))
+    fw = host.firewall()
+    assert fw.ensure() == {"iptables": "added", "ip6tables": "added"}
+    for table in host.tables.values():
+        assert ours(table) == [1] and table.rules[0] == "-A FORWARD -j DOCKER-USER"
+    assert fw.problems == ()
+    assert fw.ensure() == {"iptables": "present", "ip6tables": "present"}, "idempotent"
+
+
+def test_docker_28_re_inserting_its_chains_above_the_rule_leaves_it_alone(tmp_path):
+    host = Host(tmp_path, v6=False)
+    fw = host.firewall()
+    assert fw.ensure()["iptables"] == "added"
+    table = host.tables["iptables"]
+    # dockerd restarts: DOCKER-USER and DOCKER-FORWARD go back to the top (deleted, then inserted).
+    table.rules[:0] = DOCKER_28
+    assert fw.ensure()["iptables"] == "present"
+    assert table.rules[:2] == DOCKER_28 and ours(table) == [2]
+
+
+def test_a_rule_above_docker_user_or_twice_is_put_once_below_it(tmp_path):
+    mine = '-A FORWARD -i shb+ -o shb+ -m comment --comment "%s" -j ACCEPT' % COMMENT
+    host = Host(tmp_path, v6=False, ipv4=FakeIptables([mine] + DOCKER_28 + [mine]))
+    assert host.firewall().ensure()["iptables"] == "moved"
+    assert host.tables["iptables"].rules == DOCKER_28[:1] + [mine] + DOCKER_28[1:]
+
+
+def test_no_iptables_command_is_a_problem_that_says_what_to_do(tmp_path):
+    host = Host(tmp_path, v6=False)
+    fw = host.firewall(tools=("nft",))
+    assert fw.ensure()["iptables"] == "no iptables"
+    assert len(fw.problems) == 1 and "install iptables" in fw.problems[0]
+
+
+def chain(family, table, name, policy="drop", hook="forward"):
+    return {"family": family, "table": table, "name": name, "handle": 1, "type": "filter", "hook": hook,
+            "prio": 0, "policy": policy}
+
+
+def test_an_nft_forward_chain_that_drops_is_named_with_the_rule_to_add(tmp_path):
+    host = Host(tmp_path, v6=False, chains=[
+        chain("inet", "filter", "forward"),                      # a hand-written ruleset: a problem
+        chain("ip", "filter", "FORWARD"),                        # iptables' own: handled by the rule
+        chain("ip6", "fw6", "forward"),                          # IPv6 frames are not handed over here
+        chain("ip", "docker-bridges", "filter-FORWARD", policy="accept"),   # Docker 29's, as documented
+        chain("inet", "filter", "input", hook="input"),
+        chain("bridge", "br", "forward"),                        # sees bridged frames without br_netfilter
+    ])
+    fw = host.firewall()
+    fw.ensure()
+    assert len(fw.problems) == 2, fw.problems
+    assert 'nft insert rule inet filter forward iifname "shb*" oifname "shb*" accept' in fw.problems[0]
+    assert 'nft insert rule bridge br forward meta ibrname "shb*" meta obrname "shb*" accept' in fw.problems[1]
+    # The user adds the rule the message gives: the problem goes.
+    host.chain_rules[("inet", "filter", "forward")] = 'chain forward {\n iifname "shb*" oifname "shb*" accept\n}'
+    host.chain_rules[("bridge", "br", "forward")] = 'chain forward {\n meta ibrname "shb*" accept\n}'
+    fw.ensure()
+    assert fw.problems == ()
+
+
+@pytest.mark.parametrize("v4", [True, False])
+def test_without_br_netfilter_only_the_bridge_family_matters(tmp_path, v4):
+    host = Host(tmp_path, v4=v4, v6=False, chains=[chain("inet", "filter", "forward")])
+    fw = host.firewall()
+    fw.ensure()
+    assert len(fw.problems) == (1 if v4 else 0)
