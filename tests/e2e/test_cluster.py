@@ -242,6 +242,25 @@ def test_create_without_shoutd_ipam_is_refused_with_the_right_command(lab):
     assert res.returncode != 0 and "--ipam-driver shoutd" in res.stderr, res.stderr
 
 
+def test_ipv6_and_ipv4_less_networks_are_refused_before_any_pool_is_reserved(lab):
+    h1 = lab.hosts[0]
+    for extra, words in ((["--ipv6"], "without --ipv6"), (["-o", "multicast=flooded"], "multicast=pruned")):
+        res = h1.docker("network", "create", "-d", "shoutd", "--ipam-driver", "shoutd", *extra, "bad", check=False)
+        assert res.returncode != 0 and words in res.stderr, res.stderr
+    assert "bad" not in h1.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+
+
+def test_an_interface_name_is_ignored_by_docker_and_shoutd_says_so(lab):
+    if lab.engine.cli_config is None:
+        pytest.skip("Docker 20.10 has no --network name=N,driver-opt=... (and sends no interface name)")
+    h1 = lab.hosts[0]
+    network(lab, "named")
+    start = len(open(h1.log, "rb").read())
+    h1.run("nm", "name=named,driver-opt=com.docker.network.endpoint.ifname=foo0")
+    assert "eth0" in h1.exec("nm", "ip", "-o", "link").stdout
+    assert "asks for interface name 'foo0'" in open(h1.log).read()[start:]
+
+
 def veths(host):
     out = host.netns("ip", "-j", "link", "show").stdout
     return {l["ifname"]: l["ifindex"] for l in json.loads(out) if l["ifname"].startswith(("shv", "shx", "shb"))}
