@@ -19,11 +19,11 @@ ruleset, firewalld, or Docker 29's nftables backend when it enables
 forwarding) drops the same frames whatever iptables accepts: a packet must be
 accepted by every base chain on a hook.  Editing someone else's table is not
 shoutd's to do, so it names the chain and the rule to add, in its log and in
-its status (`problems`).  The bridge family's forward hook sees every bridged
+its status (`problems`).  The chains are read over netlink, not with the nft
+command: firewalld writes its tables through libnftables, with no nft installed.  The bridge family's forward hook sees every bridged
 frame, br_netfilter or not.
 """
 
-import json
 import logging
 import shutil
 import subprocess
@@ -66,8 +66,9 @@ def position(rules):
 class Firewall:
     """One host's firewall as shoutd's traffic meets it; `ensure` runs on the netlink worker thread."""
 
-    def __init__(self, run=subprocess.run, which=shutil.which, families=(IPV4, IPV6)):
+    def __init__(self, run=subprocess.run, which=shutil.which, families=(IPV4, IPV6), nft_chains=None):
         self._run, self._which, self.families = run, which, families
+        self._nft_chains = nft_chains or forward_chains
         self.problems = ()          # what keeps shoutd traffic from flowing, each with what to do
         self.done = {}              # family command -> what ensure last did, for the log and tests
 
@@ -119,30 +120,81 @@ class Firewall:
 
     def _nft_droppers(self, families):
         """A problem for each nftables forward base chain that drops what it does not accept."""
-        nft = self._which("nft")
-        if nft is None:
-            return []           # no nftables tooling: nothing but iptables can have set a chain up
-        res = self._run([nft, "-j", "list", "chains"], capture_output=True, text=True)
-        try:
-            items = json.loads(res.stdout)["nftables"] if res.returncode == 0 else []
-        except (ValueError, KeyError, TypeError):
-            items = []
         problems = []
-        for item in items:
-            chain = item.get("chain") if isinstance(item, dict) else None
-            if not chain or chain.get("hook") != "forward" or chain.get("policy") != "drop":
+        for chain in self._nft_chains():
+            if chain.family not in families or chain.policy != "drop" or chain.accepts_shoutd:
                 continue
-            family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
-            if family not in families:
-                continue
-            if family in ("ip", "ip6") and table == "filter" and name == "FORWARD":
+            if chain.family in ("ip", "ip6") and chain.table == "filter" and chain.name == "FORWARD":
                 continue        # iptables' own chain: the rule above handles it
-            rules = self._run([nft, "list", "chain", family, table, name], capture_output=True, text=True).stdout
-            if any("shb" in line and "accept" in line for line in rules.splitlines()):
-                continue        # the user has let it through
-            match = 'meta ibrname "shb*" meta obrname "shb*"' if family == "bridge" else 'iifname "shb*" oifname "shb*"'
+            where = "%s %s %s" % (chain.family, chain.table, chain.name)
+            # The bridge family sees the bridge's ports (shoutd's veths shv*, its VXLAN devices shx*);
+            # with br_netfilter, the ip families see the bridge itself (shb*).
+            match = 'iifname "sh*" oifname "sh*"' if chain.family == "bridge" else 'iifname "shb*" oifname "shb*"'
             problems.append(
-                "nftables chain %s %s %s drops forwarded traffic by policy, and bridged shoutd traffic passes it: "
-                "containers on different hosts cannot reach each other. Accept it there: nft insert rule %s %s %s "
-                "%s accept" % (family, table, name, family, table, name, match))
+                "nftables chain %s drops forwarded traffic by policy, and bridged shoutd traffic passes it: "
+                "containers on different hosts cannot reach each other. Accept it there: nft insert rule %s %s "
+                "accept" % (where, where, match))
         return problems
+
+
+@dataclass(frozen=True)
+class Chain:
+    """An nftables base chain on the forward hook, as the kernel holds it."""
+    family: str
+    table: str
+    name: str
+    policy: str
+    accepts_shoutd: bool        # one of its rules accepts what matches shoutd's devices (sh*)
+
+
+NFPROTO = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+FORWARD_HOOK = 2                # NF_INET_FORWARD, and NF_BR_FORWARD for the bridge family
+
+
+def forward_chains():
+    """Every nftables base chain on the forward hook, read over netlink (firewalld needs no nft command)."""
+    from pyroute2.nftables.main import NFTables      # noqa: PLC0415 - only hosts that look need it
+    try:
+        nft = NFTables(nfgen_family=0)          # all families
+        try:
+            chains = nft.get_chains()
+            rules = nft.get_rules()
+        finally:
+            nft.close()
+    except Exception as e:  # noqa: BLE001 - no nf_tables, or no permission: nothing to read
+        log.debug("cannot read nftables chains: %s", e)
+        return []
+    accepting = set()
+    for rule in rules:
+        exprs = rule.get_attr("NFTA_RULE_EXPRESSIONS") or []
+        if _matches_shoutd(exprs) and _accepts(exprs):
+            accepting.add((rule["nfgen_family"], rule.get_attr("NFTA_RULE_TABLE"), rule.get_attr("NFTA_RULE_CHAIN")))
+    out = []
+    for c in chains:
+        hook = c.get_attr("NFTA_CHAIN_HOOK")
+        if not hook or hook.get_attr("NFTA_HOOK_HOOKNUM") != FORWARD_HOOK:
+            continue
+        key = (c["nfgen_family"], c.get_attr("NFTA_CHAIN_TABLE"), c.get_attr("NFTA_CHAIN_NAME"))
+        out.append(Chain(NFPROTO.get(key[0], str(key[0])), key[1], key[2],
+                         "drop" if c.get_attr("NFTA_CHAIN_POLICY") == 0 else "accept", key in accepting))
+    return out
+
+
+def _matches_shoutd(exprs):
+    for e in exprs:
+        if e.get_attr("NFTA_EXPR_NAME") == "cmp":
+            data = e.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_CMP_DATA")
+            value = data.get_attr("NFTA_DATA_VALUE") if data is not None else None
+            if isinstance(value, bytes) and value.startswith(b"sh"):
+                return True
+    return False
+
+
+def _accepts(exprs):
+    for e in exprs:
+        if e.get_attr("NFTA_EXPR_NAME") == "immediate":
+            data = e.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_IMMEDIATE_DATA")
+            verdict = data.get_attr("NFTA_DATA_VERDICT") if data is not None else None
+            if verdict is not None and verdict.get_attr("NFTA_VERDICT_CODE") == "NF_ACCEPT":
+                return True
+    return False

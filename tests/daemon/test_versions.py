@@ -1,5 +1,7 @@
 """Releases meeting in one cluster (issue 13): AddPeer refuses a host too old for the cluster's state version."""
 
+from shoutd import __version__
+
 from ..hostlab import previous_tree
 from ..support import wait_for
 from .conftest import status
@@ -21,4 +23,4 @@ def test_addpeer_refuses_a_host_on_an_older_release_and_takes_one_on_this(world,
     a.bus.busctl(*CALL, "AddPeer", "s", new.ip)
     wait_for(lambda: sorted(m[0] for m in status(a.bus)["Members"]) == sorted([a.member, new.member]),
              timeout=30, what="the host on this release joined")
-    wait_for(lambda: set(status(a.bus)["Releases"].values()) == {"0.3.0"}, timeout=30, what="its release reported")
+    wait_for(lambda: set(status(a.bus)["Releases"].values()) == {__version__}, timeout=30, what="its release reported")

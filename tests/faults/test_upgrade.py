@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from shoutd import __version__
+
 from ..hostlab import previous_tree
 from ..support import wait_for
 from .cluster import Cluster, seed
@@ -44,7 +46,7 @@ def test_a_rolling_upgrade_loses_nothing_and_raises_the_state_version_at_the_end
                 time.sleep(rng.uniform(2.0, 4.0))  # the schedule: mixed for this long, with the workload on
             wait_for(lambda: all(status(h)["StateVersion"] == 3 for h in cluster.hosts), timeout=30,
                      what="the state version raised once every host runs this release")
-            wait_for(lambda: all(set(status(h)["Releases"].values()) == {"0.3.0"} for h in cluster.hosts),
+            wait_for(lambda: all(set(status(h)["Releases"].values()) == {__version__} for h in cluster.hosts),
                      timeout=30, what="every host's release reported (a feature of state version 3)")
             time.sleep(1.0)  # traffic after the upgrade too
         finals = cluster.converged()

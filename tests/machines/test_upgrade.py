@@ -28,6 +28,8 @@ import time
 
 import pytest
 
+from shoutd import __version__
+
 from ..hostlab import PREVIOUS
 from ..support import busctl_json, iperf_listening, iperf_summary, wait_for
 from .machine import Machine, installed_tree, sh
@@ -145,9 +147,9 @@ def test_apt_upgrade_host_by_host_with_multicast_flowing(cluster):
             other.run("docker network rm %s" % name)
     for m in cluster:
         wait(lambda m=m: status(m)["StateVersion"] == 3, what="state version 3 on " + m.name)
-        wait(lambda m=m: set(status(m)["Releases"].values()) == {"0.3.0"}, what="releases reported")
+        wait(lambda m=m: set(status(m)["Releases"].values()) == {__version__}, what="releases reported")
     peers = m2.run("shoutdctl peers").stdout
-    assert peers.splitlines()[0].split()[-1] == "RELEASE" and peers.count("0.3.0") == 3, peers
+    assert peers.splitlines()[0].split()[-1] == "RELEASE" and peers.count(__version__) == 3, peers
     # The stream ran through all three upgrades.
     for m in (m2, m3):
         lost, total = wait(lambda m=m: iperf_summary(m.run("docker logs rx").stdout, STREAM), timeout=STREAM + 60,
