@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 from shoutd.dataplane.desired import desired
+from shoutd.dataplane.firewall import Firewall
 from shoutd.dataplane.reconciler import Underlay, program
 from shoutd.dataplane.worker import Worker
 
@@ -23,6 +24,7 @@ class Host:
     def __init__(self, name, ip):
         self.name, self.ip = name, ip
         self.worker = Worker(netns="/run/netns/" + name)
+        self.firewall = Firewall()      # runs on the worker's thread, in this host's namespace
 
     def ip_json(self, args):
         out = sh("ip -n %s -d -j %s" % (self.name, args))
@@ -43,5 +45,5 @@ class Host:
         `vxlan_mdb=False` is what the daemon does on a kernel before 6.4."""
         nets, eps = desired(state, node)
         underlay = dataclasses.replace(self.underlay(), vxlan_mdb=vxlan_mdb)
-        self.worker.call(lambda nl: program(nl, nets, eps, underlay, previous, fence))
+        self.worker.call(lambda nl: program(nl, nets, eps, underlay, previous, fence, self.firewall))
         return nets, eps
