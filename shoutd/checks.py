@@ -124,6 +124,12 @@ def text(value, what, limit=253):
     return value
 
 
+def udp_port(value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        _fail("%s is not a UDP port number" % quoted(value))
+    return value
+
+
 def quoted(value):
     """The offending value for a message: quoted, and cut short if long."""
     text = repr(value)

@@ -19,6 +19,11 @@ from .errors import ShoutdError
 
 DEFAULT_CONFIG = "/etc/shoutd/shoutd.conf"
 MIN_SECRET = 16
+# The UDP port of VXLAN traffic.  Each network keeps the port it was created with (state version 4).
+# Not 4789: Docker's overlay (swarm) uses that, and a device with its VNI there makes ours fail with
+# "file exists" (or the other way round): on another port, no VNI of Docker's can meet one of ours.
+VXLAN_PORT = 7380
+LEGACY_VXLAN_PORT = 4789        # networks made before shoutd 0.4 name no port: they use this
 
 
 @dataclass
@@ -69,7 +74,8 @@ SETTINGS = [
             "the interface on the default route)", _ipv4),
     Setting("peers", [], "other members' addresses, host or host:port, comma-separated", _peers),
     Setting("raft_port", 7380, "TCP port for Raft between shoutd daemons", _port),
-    Setting("vxlan_port", 4789, "UDP port for VXLAN", _port),
+    Setting("vxlan_port", None, "UDP port for VXLAN: of the networks this host creates (default %d), and "
+            "of those made before shoutd 0.4 (default %d)" % (VXLAN_PORT, LEGACY_VXLAN_PORT), _port),
     Setting("plugin_socket", "/run/docker/plugins/shoutd.sock", "Docker plugin socket to serve"),
     Setting("docker_socket", "/run/docker.sock", "the local Docker engine's API socket"),
     Setting("state_dir", "/var/lib/shoutd", "where the Raft journal and snapshots live"),
@@ -88,6 +94,16 @@ class Config:
     def __init__(self, **values):
         for s in SETTINGS:
             setattr(self, s.key, values[s.key] if s.key in values else copy.copy(s.default))
+
+    @property
+    def network_port(self):
+        """The UDP port recorded for a network this host creates."""
+        return self.vxlan_port or VXLAN_PORT
+
+    @property
+    def legacy_port(self):
+        """The UDP port of networks that record none (made before state version 4)."""
+        return self.vxlan_port or LEGACY_VXLAN_PORT
 
     @property
     def default_pool_prefix(self):

@@ -138,7 +138,8 @@ def show_networks(st):
 
 def show_network(net):
     print("network  %s  (id %s)" % (net["Name"] or "-", net["Id"]))
-    print("subnet   %s   gateway %s   VNI %d" % (net["Subnet"], net["Gateway"], net["VNI"]))
+    port = "   UDP port %d" % net["Port"] if "Port" in net else ""
+    print("subnet   %s   gateway %s   VNI %d%s" % (net["Subnet"], net["Gateway"], net["VNI"], port))
     print("hosts    %s" % (", ".join(net["Hosts"]) or "none"))
     if "Multicast" in net:
         print("multicast %s" % (net["Multicast"] or "-"))
@@ -151,7 +152,8 @@ def show_network(net):
 
 def network_json(net):
     print(json.dumps({"name": net["Name"], "id": net["Id"], "subnet": net["Subnet"], "gateway": net["Gateway"],
-                      "vni": net["VNI"], "hosts": net["Hosts"], "multicast": net.get("Multicast"),
+                      "vni": net["VNI"], "port": net.get("Port"), "hosts": net["Hosts"],
+                      "multicast": net.get("Multicast"),
                       "groups": {g: hosts for g, hosts in net.get("Groups", [])},
                       "addresses": [dict(zip(("address", "member", "hostname", "endpoint"), a))
                                     for a in net["Addresses"]]}, indent=2))

@@ -73,9 +73,10 @@ def find_underlay(worker, cfg, notifier, wait=60.0):
         time.sleep(1.0)  # at boot the network may still be coming up: look again
     cfg.advertise_address = address
     index, name, mtu = found
-    underlay = Underlay(cfg.advertise_address, cfg.vxlan_port, index, mtu, vxlan_mdb_supported())
-    log.info("underlay %s (MTU %d, containers get MTU %d), VTEP %s:%d", name, mtu, underlay.overlay_mtu,
-             cfg.advertise_address, cfg.vxlan_port)
+    underlay = Underlay(cfg.advertise_address, cfg.legacy_port, index, mtu, vxlan_mdb_supported())
+    log.info("underlay %s (MTU %d, containers get MTU %d), VTEP %s; VXLAN on UDP %d (networks made before "
+             "shoutd 0.4: %d)", name, mtu, underlay.overlay_mtu, cfg.advertise_address, cfg.network_port,
+             cfg.legacy_port)
     if not underlay.vxlan_mdb:
         log.warning("kernel %s has no VXLAN multicast database (Linux 6.4 and later have one): this host sends "
                     "every multicast group to every host; the others still deliver a group only to containers "

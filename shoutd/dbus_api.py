@@ -113,7 +113,7 @@ class ShoutdInterface(ServiceInterface):
             raise dbus_error(e) from None
         return {"Name": Variant("s", net["name"]), "Id": Variant("s", net["id"]),
                 "Subnet": Variant("s", net["subnet"]), "Gateway": Variant("s", net["gateway"]),
-                "VNI": Variant("u", net["vni"]), "Hosts": Variant("as", net["hosts"]),
+                "VNI": Variant("u", net["vni"]), "Port": Variant("q", net["port"]), "Hosts": Variant("as", net["hosts"]),
                 "Multicast": Variant("s", net["multicast"]),
                 "Groups": Variant("a(sas)", [[g, hosts] for g, hosts in net["groups"]]),
                 "Addresses": Variant("a(ssss)", [[a["ip"], a["member"], a["host"], a["endpoint"]]

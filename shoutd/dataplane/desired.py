@@ -30,6 +30,7 @@ prefix alone.
 import ipaddress
 import re
 from dataclasses import dataclass, replace
+from typing import Optional
 
 from ..checks import LINK_LOCAL_V4
 from ..state import network_label, pruned
@@ -67,6 +68,7 @@ class NetworkSpec:
     snooping: bool = False           # pruned: the bridge learns this host's listeners
     bridge_mdb: frozenset = frozenset()   # groups some other host listens to: out through the VXLAN port
     vxlan_mdb: frozenset = frozenset()    # (group, VTEP) for each other host that listens to a routed group
+    port: Optional[int] = None       # its VXLAN UDP port; None (made before state version 4): the legacy port
 
 
 def routed(group):
@@ -105,7 +107,7 @@ def desired(state, node):
             endpoints.append(EndpointSpec(ep["id"], net["id"], bridge_name(net["vni"]), host, peer,
                                           ep["mac"], "%s endpoint %s %s" % (label, ep["id"][:12], ep["ip"])))
         spec = NetworkSpec(net["id"], label, net["vni"], bridge_name(net["vni"]), vxlan_name(net["vni"]),
-                           frozenset(fdb))
+                           frozenset(fdb), port=net.get("port"))
         if pruned(net):
             spec = _with_listeners(spec, net, node, vteps)
         networks.append(spec)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Underlay:
     local: str      # this host's VTEP address
-    port: int       # VXLAN UDP port
+    port: int       # VXLAN UDP port of the networks that record none (made before state version 4)
     index: int      # ifindex of the underlay interface
     mtu: int        # its MTU
     vxlan_mdb: bool = True   # the kernel can send a group to chosen VTEPs only (Linux 6.4+)
@@ -73,7 +73,7 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None, firewa
         added = True
         alias = "shoutd " + net.label
         bridges[net.bridge] = nl.ensure_bridge(net.bridge, mtu, alias, net.snooping)
-        nl.ensure_vxlan(net.vxlan, net.vni, underlay.local, underlay.port, underlay.index, mtu,
+        nl.ensure_vxlan(net.vxlan, net.vni, underlay.local, net.port or underlay.port, underlay.index, mtu,
                         bridges[net.bridge], alias)
         nl.ensure_fdb(net.vxlan, set(net.fdb))
         if net.snooping:

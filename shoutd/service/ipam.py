@@ -38,9 +38,13 @@ class Ipam:
             if network is None and known is not None and self.cluster.node in known["bindings"]:
                 network = known["id"]
         config = self.cluster.config
-        net = await self.cluster.submit(ops.network_reserve(self.cluster.node, pool or None, network,
-                                                            config.default_pool, config.default_pool_prefix))
-        log.info("pool %s reserved for shoutd network %s VNI %d", net["subnet"], net["id"], net["vni"])
+        # The port goes with the network only once every host knows the field (state version 4); until
+        # then new networks are made as older releases make them, on the legacy port.
+        op = ops.network_reserve(self.cluster.node, pool or None, network, config.default_pool,
+                                 config.default_pool_prefix, port=config.network_port)
+        net = await self.cluster.submit(ops.within(op, self.cluster.state().version))
+        log.info("pool %s reserved for shoutd network %s VNI %d, UDP port %d", net["subnet"], net["id"], net["vni"],
+                 net["port"] or config.legacy_port)
         return net["id"], net["subnet"]
 
     async def release_pool(self, pool_id):

@@ -120,5 +120,6 @@ class Membership:
             addresses.append({"ip": ip, "host": rec.get("hostname", ""), "member": holder["node"],
                               "endpoint": net["endpoints"].get(ip, "")})
         return {"name": net["name"] or "", "id": net["id"], "subnet": net["subnet"], "gateway": net["gateway"],
-                "vni": net["vni"], "hosts": sorted(net["bindings"]), "addresses": addresses,
+                "vni": net["vni"], "port": net.get("port") or self.cluster.config.legacy_port,
+                "hosts": sorted(net["bindings"]), "addresses": addresses,
                 "multicast": net["multicast"] or "", "groups": self._groups(state, net)}

@@ -49,6 +49,8 @@ def network_reserve(state: "ClusterState", op: dict):
                     "vni": free_vni(state), "creator": node, "bindings": {}, "addresses": {}, "next": 0,
                     "options": checks.options(op.get("options")), "identity": {}, "endpoints": {},
                     "multicast": None, "listeners": {}}
+    if "port" in op:
+        net["port"] = checks.udp_port(op["port"])
     state.networks[req] = net
     return summary(net)
 

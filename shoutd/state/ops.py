@@ -21,6 +21,7 @@ State versions:
      listeners, the request memory (and shoutd 0.1's ops, a subset).  A state
      that names no version runs 2.
   3  shoutd 0.3: `cluster_version`; `member_up` reports the host's release.
+  4  shoutd 0.4: `network_reserve` records the new network's VXLAN UDP port.
 
 How to add an op in a later release:
 1. Raise STATE_VERSION and add a line above saying what the version brings.
@@ -43,7 +44,7 @@ from ..errors import UNAVAILABLE, ShoutdError
 from . import endpoints, groups, members, networks, requests
 from .records import BASE_VERSION
 
-STATE_VERSION = 3       # the newest state version this release runs
+STATE_VERSION = 4       # the newest state version this release runs
 
 # What each successful op may have changed: followers of the state (kernel,
 # Docker, D-Bus) look only at the parts that did.
@@ -70,7 +71,8 @@ OPS = _table(
     Op("member_up", 2, frozenset({MEMBERS}), members.member_up, fields={"release": 3}),
     Op("member_remove", 2, EVERYTHING, members.member_remove),
     Op("cluster_version", 3, frozenset({MEMBERS}), members.cluster_version, gated=False),
-    Op("network_reserve", 2, frozenset({NETWORKS}), networks.network_reserve, networks.undo_network_reserve),
+    Op("network_reserve", 2, frozenset({NETWORKS}), networks.network_reserve, networks.undo_network_reserve,
+       fields={"port": 4}),
     Op("network_bind", 2, frozenset({NETWORKS}), networks.network_bind),
     Op("network_name", 2, frozenset({NETWORKS}), networks.network_name),
     Op("network_gateway", 2, frozenset({NETWORKS}), networks.network_gateway),
@@ -135,9 +137,12 @@ def cluster_version(node, version) -> dict:
     return {"op": "cluster_version", "node": node, "version": version}
 
 
-def network_reserve(node, subnet, network, pool, pool_prefix) -> dict:
-    return {"op": "network_reserve", "node": node, "req": new_request_id(), "subnet": subnet, "network": network,
-            "pool": pool, "pool_prefix": pool_prefix}
+def network_reserve(node, subnet, network, pool, pool_prefix, port=None) -> dict:
+    op = {"op": "network_reserve", "node": node, "req": new_request_id(), "subnet": subnet, "network": network,
+          "pool": pool, "pool_prefix": pool_prefix}
+    if port is not None:
+        op["port"] = port
+    return op
 
 
 def network_bind(node, network, docker_id, options, replace=False) -> dict:

@@ -44,6 +44,7 @@ class Network(TypedDict):
     endpoints: Dict[str, str]       # index: ip -> endpoint id
     multicast: Optional[str]        # "pruned" or "flood" (checks.MULTICAST_MODES); None until created
     listeners: Dict[str, List[str]] # member -> the groups its containers listen to (pruned networks)
+    port: NotRequired[int]          # VXLAN UDP port (state version 4); without: each host's legacy port
 
 
 class Endpoint(TypedDict):
@@ -102,7 +103,7 @@ def normalize(data: object) -> Data:
 def summary(net: Network) -> Dict[str, object]:
     """A network's identity, as a fresh dict: safe to hand to another thread."""
     return {"id": net["id"], "name": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
-            "vni": net["vni"], "multicast": net["multicast"]}
+            "vni": net["vni"], "multicast": net["multicast"], "port": net.get("port")}
 
 
 def pruned(net: Network) -> bool:

@@ -1,6 +1,7 @@
 """Releases meeting in one cluster (issue 13): AddPeer refuses a host too old for the cluster's state version."""
 
 from shoutd import __version__
+from shoutd.state.ops import STATE_VERSION
 
 from ..hostlab import previous_tree
 from ..support import wait_for
@@ -13,7 +14,7 @@ def test_addpeer_refuses_a_host_on_an_older_release_and_takes_one_on_this(world,
     secret = world.secret()
     a = world.host().start(secret, world.bus())
     # Alone, this host runs this release: its cluster runs state version 3 at once.
-    wait_for(lambda: status(a.bus)["StateVersion"] == 3, timeout=30, what="state version 3")
+    wait_for(lambda: status(a.bus)["StateVersion"] == STATE_VERSION, timeout=30, what="this release's state version")
     old = world.host().start(secret, world.bus(), tree=previous_tree(str(tmp_path)))
     res = a.bus.busctl(*CALL, "AddPeer", "s", old.ip, check=False)
     assert res.returncode != 0 and "upgrade it first" in res.stderr, res.stderr

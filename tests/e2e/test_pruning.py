@@ -50,8 +50,10 @@ def lab(engine):
 
 
 def underlay(host):
-    """What reaches this host from the others: tcpdump on its underlay interface."""
-    return Capture(["nsenter", "--net=/run/netns/" + host.name, "tcpdump", "-lni", "eth0", "-tt", "udp port 4789"])
+    """What reaches this host from the others on NET: tcpdump on its underlay interface, for NET's UDP port."""
+    port = json.loads(host.netns("ip", "-d", "-j", "link", "show", "shx%d" % vni(host.lab)).stdout)[0][
+        "linkinfo"]["info_data"]["port"]
+    return Capture(["nsenter", "--net=/run/netns/" + host.name, "tcpdump", "-lni", "eth0", "-tt", "udp port %d" % port])
 
 
 def vni(lab):

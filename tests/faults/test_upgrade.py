@@ -15,6 +15,7 @@ import time
 import pytest
 
 from shoutd import __version__
+from shoutd.state.ops import STATE_VERSION
 
 from ..hostlab import previous_tree
 from ..support import wait_for
@@ -44,7 +45,7 @@ def test_a_rolling_upgrade_loses_nothing_and_raises_the_state_version_at_the_end
                     wait_for(lambda h=host: status(h)["StateVersion"] == 2, timeout=30,
                              what="the mixed cluster to stay at state version 2")
                 time.sleep(rng.uniform(2.0, 4.0))  # the schedule: mixed for this long, with the workload on
-            wait_for(lambda: all(status(h)["StateVersion"] == 3 for h in cluster.hosts), timeout=30,
+            wait_for(lambda: all(status(h)["StateVersion"] == STATE_VERSION for h in cluster.hosts), timeout=30,
                      what="the state version raised once every host runs this release")
             wait_for(lambda: all(set(status(h)["Releases"].values()) == {__version__} for h in cluster.hosts),
                      timeout=30, what="every host's release reported (a feature of state version 3)")

@@ -13,6 +13,7 @@ import pytest
 
 from shoutd.state import ClusterState
 
+from ..support import sh as run
 from . import netns
 from .netns import sh
 
@@ -253,3 +254,68 @@ def test_br_netfilter_turned_on_after_start_is_seen_when_a_container_arrives(hos
                  "mac": "0a:5d:0a:32:00:1e"})
     a.reconcile(state, "a", previous=plan)                                              # a change-only pass
     assert sh("ip netns exec %s iptables -S FORWARD" % a.name).count("shoutd") == 1
+
+
+def overlay_device(host, vni, create=True):
+    """A VXLAN device as Docker's overlay makes one (swarm, UDP 4789): created in the host's namespace,
+    whose socket it keeps even after Docker moves the device into the network's own namespace."""
+    if create:
+        return run("ip -n %s link add ov%d type vxlan id %d dstport 4789 local %s nolearning" % (host.name, vni, vni,
+                                                                                                  host.ip), check=False)
+    sh("ip -n %s link del ov%d" % (host.name, vni), check=False)
+
+
+def connect(hosts, eps):
+    """Move each endpoint's container side into a namespace of its own, as Docker does at Join."""
+    made = []
+    for ep, node, ip in eps:
+        host = hosts[0] if node == "a" else hosts[1]
+        ns = "%s-%s" % (host.name, ep[:2])
+        sh("ip netns add " + ns)
+        sh("ip -n %s link set shc%s netns %s name eth0" % (host.name, ep[:12], ns))
+        sh("ip -n %s addr add %s/24 dev eth0" % (ns, ip))
+        sh("ip -n %s link set eth0 up" % ns)
+        made.append(ns)
+    return made
+
+
+@pytest.mark.parametrize("overlay_first", [True, False])
+def test_a_network_on_its_own_port_coexists_with_an_overlay_device_of_the_same_vni(hosts, overlay_first):
+    """Docker's overlay may hold any VNI (vxlanid_list, or its 4096-up allocator) on UDP 4789: a shoutd
+    network on its own port keeps working beside it, whichever came first."""
+    eps = [("6" * 64, "a", "10.50.0.40"), ("7" * 64, "b", "10.50.0.41")]
+    state = cluster_state(eps)
+    state.apply({"op": "cluster_version", "node": "a", "version": 4})
+    vni = state.networks["n1"]["vni"]
+    state.networks["n1"]["port"] = 7380          # what network_reserve records from state version 4
+    if overlay_first:
+        for h in hosts:
+            assert overlay_device(h, vni).returncode == 0
+    for h, node in zip(hosts, "ab"):
+        h.reconcile(state, node)
+    if not overlay_first:
+        for h in hosts:
+            res = overlay_device(h, vni)
+            assert res.returncode == 0, "the overlay's device is refused: %s" % res.stderr
+    link = hosts[0].link("shx%d" % vni)
+    assert link["linkinfo"]["info_data"]["port"] == 7380 and link["operstate"] != "DOWN"
+    containers = connect(hosts, eps)
+    try:
+        sh("ip netns exec %s busybox ping -c 2 -W 2 10.50.0.41" % containers[0])
+    finally:
+        for ns in containers:
+            sh("ip netns del " + ns, check=False)
+
+
+def test_on_the_legacy_port_the_same_vni_clashes_which_is_why_networks_have_their_own(hosts):
+    state = cluster_state()
+    a = hosts[0]
+    vni = state.networks["n1"]["vni"]
+    assert "port" not in state.networks["n1"], "made as shoutd 0.3 made networks: on the legacy port"
+    assert overlay_device(a, vni).returncode == 0
+    with pytest.raises(Exception) as err:
+        a.reconcile(state, "a")
+    assert "exists" in str(err.value).lower()
+    overlay_device(a, vni, create=False)
+    a.reconcile(state, "a")
+    assert a.link("shx%d" % vni)["linkinfo"]["info_data"]["port"] == 4789

@@ -29,6 +29,7 @@ import time
 import pytest
 
 from shoutd import __version__
+from shoutd.state.ops import STATE_VERSION
 
 from ..hostlab import PREVIOUS
 from ..support import busctl_json, iperf_listening, iperf_summary, wait_for
@@ -146,7 +147,7 @@ def test_apt_upgrade_host_by_host_with_multicast_flowing(cluster):
             other.run("docker run -d --name c%d%d --network feed shoutd-lab sleep 3600" % (n, k), timeout=120)
             other.run("docker network rm %s" % name)
     for m in cluster:
-        wait(lambda m=m: status(m)["StateVersion"] == 3, what="state version 3 on " + m.name)
+        wait(lambda m=m: status(m)["StateVersion"] == STATE_VERSION, what="the state version on " + m.name)
         wait(lambda m=m: set(status(m)["Releases"].values()) == {__version__}, what="releases reported")
     peers = m2.run("shoutdctl peers").stdout
     assert peers.splitlines()[0].split()[-1] == "RELEASE" and peers.count(__version__) == 3, peers

@@ -78,3 +78,5 @@ class Config:
     default_pool = "10.213.0.0/16"
     default_pool_prefix = 24
     raft_port = 7380
+    network_port = 7380
+    legacy_port = 4789

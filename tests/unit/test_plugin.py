@@ -382,3 +382,15 @@ def test_the_first_endpoint_of_a_network_not_yet_named_asks_the_mirror_to_name_i
                                                                      "Interface": {"Address": addr["Address"]}})
         assert status == 200 and h.changed == [NET, NET], "CreateEndpoint on an unnamed network: look again now"
     run(t)
+
+
+def test_new_networks_get_their_own_vxlan_port_once_the_cluster_runs_state_version_4():
+    async def t(h, c):
+        old = await h.create_network(c)
+        assert "port" not in h.raft.state.networks[old["PoolID"]], "state version 2: as older releases make it"
+        h.raft.cluster.apply({"op": "cluster_version", "node": NODE, "version": 4})
+        new = await h.create_network(c, docker_id=docker_id("net2"))
+        assert h.raft.state.networks[new["PoolID"]]["port"] == 7380
+        assert h.service.membership.network(new["PoolID"])["port"] == 7380
+        assert h.service.membership.network(old["PoolID"])["port"] == 4789, "the legacy port"
+    run(t)

@@ -19,6 +19,10 @@ from ..support import free_ports, until
 from .test_raft import POOL, SECRET, leader_of, settled
 
 
+NOW = ops.STATE_VERSION           # what this release runs
+BEYOND = ops.STATE_VERSION + 1    # what only a later release would run
+
+
 def registered(*versions_):
     """A state with one member per version, hosts a, b, c..."""
     cs = ClusterState()
@@ -29,7 +33,7 @@ def registered(*versions_):
     return cs
 
 
-def newer_op(monkeypatch, version=4):
+def newer_op(monkeypatch, version=BEYOND):
     """Pretend to be a later release that adds an op `future` in state `version`."""
     monkeypatch.setattr(ops, "STATE_VERSION", version)
     monkeypatch.setitem(OPS, "future", Op("future", version, frozenset({ops.MEMBERS}),
@@ -78,8 +82,9 @@ def test_a_cluster_version_this_release_cannot_run_stops_it():
     cs = registered(3)
     assert cs.apply(ops.cluster_version("a", 3))["value"] == 3
     assert cs.apply(ops.cluster_version("a", 2))["value"] == 3, "never lowered"
-    result = cs.apply(ops.cluster_version("a", 4))
-    assert "state version 4" in result["error"] and cs.halted and cs.version == 3
+    beyond = ops.STATE_VERSION + 1
+    result = cs.apply(ops.cluster_version("a", beyond))
+    assert "state version %d" % beyond in result["error"] and cs.halted and cs.version == 3
 
 
 def test_an_op_form_newer_than_the_cluster_is_rejected_by_every_host_alike():
@@ -143,7 +148,7 @@ def test_the_leader_raises_the_version_only_when_every_member_runs_it():
 
 def test_after_the_raise_each_host_reports_its_release():
     async def main():
-        view = View(registered(3, 3))
+        view = View(registered(NOW, NOW))
         k = keeper(view)
         await k.report()
         assert view.proposed == [], "the cluster runs 2: the release field is not allowed yet"
@@ -164,9 +169,9 @@ def test_snapshots_carry_their_version_and_a_newer_one_is_refused_whole():
     cs.apply(ops.cluster_version("a", 3))
     snapshot = pickle.loads(pickle.dumps(cs.data))
     assert snapshot["version"] == 3 and ClusterState(snapshot).version == 3
-    newer = dict(snapshot, version=4)
+    newer = dict(snapshot, version=BEYOND)
     refused = ClusterState(newer)
-    assert refused.halted and "state version 4" in refused.halted and not refused.members
+    assert refused.halted and "state version %d" % BEYOND in refused.halted and not refused.members
     assert ClusterState({"members": {}}).version == 2, "a snapshot of shoutd 0.2 runs state version 2"
 
 
@@ -174,14 +179,14 @@ def test_a_downgrade_is_refused_before_anything_is_changed(tmp_path, capsys):
     state = tmp_path / "state"
     state.mkdir()
     (state / "raft.log").write_bytes(b"the newer release's log")
-    (state / "state-version").write_text("4\n")
+    (state / "state-version").write_text("%d\n" % BEYOND)
     before = {p.name: p.read_bytes() for p in state.iterdir()}
     conf = tmp_path / "shoutd.conf"
     conf.write_text("[shoutd]\nstate_dir = %s\n" % state)
     assert daemon.main(["--config", str(conf)]) == daemon.EXIT_NEWER_STATE
     assert {p.name: p.read_bytes() for p in state.iterdir()} == before
     versions.remember_state_version(str(state), 3)
-    assert (state / "state-version").read_text() == "4\n", "the version on disk only ever rises"
+    assert (state / "state-version").read_text() == "%d\n" % BEYOND, "the version on disk only ever rises"
 
 
 def test_the_unit_file_does_not_restart_a_refused_downgrade():
@@ -193,7 +198,8 @@ def test_the_unit_file_does_not_restart_a_refused_downgrade():
 
 
 def test_members_stop_on_a_version_they_cannot_run_and_resume_after_the_upgrade(tmp_path, monkeypatch):
-    """A newer leader raised the version to 4 (as if every member ran 4): these members of release 3 stop there.
+    """A newer leader raised the version to BEYOND (as if every member ran it): these members of this release stop
+    there.
     Once upgraded, on the same journals, they apply it and everything after it, and lose nothing."""
     addrs = ["127.0.0.1:%d" % p for p in free_ports(3)]
     files = [dict(journal_file=str(tmp_path / ("j%d" % i)), dump_file=str(tmp_path / ("d%d" % i))) for i in range(3)]
@@ -210,13 +216,13 @@ def test_members_stop_on_a_version_they_cannot_run_and_resume_after_the_upgrade(
             await leader.submit(ops.member_up("a", "198.18.0.1", "h0", release="0.3.0"))
         assert err.value.name == "UpgradeNeeded", "the cluster runs 2: refused before it is proposed"
         with pytest.raises(ShoutdError):
-            await leader.submit(ops.cluster_version("a", 4), timeout=3.0)
+            await leader.submit(ops.cluster_version("a", BEYOND), timeout=3.0)
         # A member that has not learnt the op committed before the others stopped stays without a quorum.
         await until(lambda: sum(bool(n.halted) for n in nodes) >= 2, what="the members to stop applying")
         stopped = [n for n in nodes if n.halted]
         for n in stopped:
             assert n.health() is None and n.status.role == "halted"
-            assert "upgrade this host: the cluster runs state version 4" in n.halted
+            assert "upgrade this host: the cluster runs state version %d" % BEYOND in n.halted
         with pytest.raises(ShoutdError) as err:
             await stopped[0].submit(ops.ip_allocate("a", net["id"]))
         assert err.value.name == "UpgradeNeeded"
@@ -224,7 +230,7 @@ def test_members_stop_on_a_version_they_cannot_run_and_resume_after_the_upgrade(
 
     async def after_upgrade(nodes, net):
         await settled(nodes)
-        await until(lambda: all(n.state.version == 4 for n in nodes), what="state version 4 applied after the upgrade")
+        await until(lambda: all(n.state.version == BEYOND for n in nodes), what="the new version applied after the upgrade")
         await leader_of(nodes).submit({"op": "future", "node": "a"})        # the new release's op works
         ip = await leader_of(nodes).submit(ops.ip_allocate("a", net["id"]))
         await until(lambda: len({n.state.applied for n in nodes}) == 1)
@@ -262,3 +268,22 @@ def test_an_op_no_release_knows_is_refused_at_the_proposer():
     with pytest.raises(ShoutdError) as err:
         ops.check_proposable({"op": "nope"}, ClusterState())
     assert "unknown operation 'nope'" in str(err.value)
+
+
+def test_a_network_s_port_is_recorded_only_once_every_host_knows_the_field():
+    cs = registered(3, 3)
+    cs.apply(ops.cluster_version("a", 3))
+    op = ops.network_reserve("a", None, None, POOL["pool"], POOL["pool_prefix"], port=7380)
+    with pytest.raises(ShoutdError) as err:
+        ops.check_proposable(op, cs)
+    assert err.value.name == "UpgradeNeeded" and "needs state version 4" in str(err.value)
+    result = cs.apply(op)
+    assert "needs state version 4" in result["error"] and cs.networks == {}, "a 0.3 host rejects it the same way"
+    old = cs.apply(ops.within(op, cs.version))["value"]
+    assert "port" not in cs.networks[old["id"]], "made as 0.3 makes it: on each host's legacy port"
+    cs.apply(ops.cluster_version("a", 4))
+    new = cs.apply(ops.network_reserve("a", None, None, POOL["pool"], POOL["pool_prefix"], port=7380))["value"]
+    assert cs.networks[new["id"]]["port"] == new["port"] == 7380
+    for bad in (0, 70000, "7380", True):
+        result = cs.apply(ops.network_reserve("a", None, None, POOL["pool"], POOL["pool_prefix"], port=bad))
+        assert "not a UDP port" in result["error"] and len(cs.networks) == 2
