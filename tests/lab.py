@@ -375,6 +375,16 @@ class Lab:
         for h in self.hosts:
             wait_for(lambda h=h: name in h.docker("network", "ls").stdout, what="network %s on %s" % (name, h.name))
 
+    def swarm(self):
+        """Host 1 a swarm manager, the others its workers (docs/lab.md, section 5)."""
+        h1 = self.hosts[0]
+        h1.docker("swarm", "init", "--advertise-addr", h1.ip, "--listen-addr", h1.ip + ":2377")
+        token = h1.docker("swarm", "join-token", "-q", "worker").stdout.strip()
+        for h in self.hosts[1:]:
+            h.docker("swarm", "join", "--advertise-addr", h.ip, "--token", token, h1.ip + ":2377", timeout=120)
+        wait_for(lambda: h1.docker("node", "ls", "--format", "{{.Status}}").stdout.split().count("Ready")
+                 == len(self.hosts), what="every host a Ready swarm node")
+
     def leader(self, timeout=30):
         """The host whose shoutd every host last logged as leader (lab hosts have no system bus)."""
         def agreed():

@@ -53,7 +53,9 @@ def underlay(host):
     """What reaches this host from the others on NET: tcpdump on its underlay interface, for NET's UDP port."""
     port = json.loads(host.netns("ip", "-d", "-j", "link", "show", "shx%d" % vni(host.lab)).stdout)[0][
         "linkinfo"]["info_data"]["port"]
-    return Capture(["nsenter", "--net=/run/netns/" + host.name, "tcpdump", "-lni", "eth0", "-tt", "udp port %d" % port])
+    # -T vxlan: tcpdump decodes only UDP 4789 as VXLAN by itself; the count looks at the inner packets.
+    return Capture(["nsenter", "--net=/run/netns/" + host.name, "tcpdump", "-lni", "eth0", "-tt", "-T", "vxlan",
+                    "udp port %d" % port])
 
 
 def vni(lab):
