@@ -350,6 +350,19 @@ class Lab:
             h.docker("import", tar, IMAGE, timeout=300)
         return self
 
+    def __enter__(self):
+        """`with Lab(...) as lab:` the lab up, shoutd registered on every host; down again at the end."""
+        try:
+            self.up()
+            self.start_shoutd()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.down()
+
     def start_shoutd(self):
         """Start shoutd where it is not running (up() starts it everywhere) and wait for all."""
         for h in self.hosts:

@@ -166,8 +166,7 @@ def forward_chains():
         return []
     accepting = set()
     for rule in rules:
-        exprs = rule.get_attr("NFTA_RULE_EXPRESSIONS") or []
-        if _matches_shoutd(exprs) and _accepts(exprs):
+        if _accepts_shoutd(rule.get_attr("NFTA_RULE_EXPRESSIONS") or []):
             accepting.add((rule["nfgen_family"], rule.get_attr("NFTA_RULE_TABLE"), rule.get_attr("NFTA_RULE_CHAIN")))
     out = []
     for c in chains:
@@ -180,21 +179,20 @@ def forward_chains():
     return out
 
 
-def _matches_shoutd(exprs):
-    for e in exprs:
-        if e.get_attr("NFTA_EXPR_NAME") == "cmp":
-            data = e.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_CMP_DATA")
-            value = data.get_attr("NFTA_DATA_VALUE") if data is not None else None
-            if isinstance(value, bytes) and value.startswith(b"sh"):
-                return True
-    return False
+def _attr(expr, *path):
+    """A nested attribute of an nftables rule expression's data, or None."""
+    node = expr.get_attr("NFTA_EXPR_DATA")
+    for name in path:
+        if node is None:
+            return None
+        node = node.get_attr(name)
+    return node
 
 
-def _accepts(exprs):
-    for e in exprs:
-        if e.get_attr("NFTA_EXPR_NAME") == "immediate":
-            data = e.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_IMMEDIATE_DATA")
-            verdict = data.get_attr("NFTA_DATA_VERDICT") if data is not None else None
-            if verdict is not None and verdict.get_attr("NFTA_VERDICT_CODE") == "NF_ACCEPT":
-                return True
-    return False
+def _accepts_shoutd(exprs):
+    """A rule that compares an interface name with a prefix of shoutd's (sh*) and accepts."""
+    def of(kind):
+        return [e for e in exprs if e.get_attr("NFTA_EXPR_NAME") == kind]
+    names = [_attr(e, "NFTA_CMP_DATA", "NFTA_DATA_VALUE") for e in of("cmp")]
+    verdicts = [_attr(e, "NFTA_IMMEDIATE_DATA", "NFTA_DATA_VERDICT", "NFTA_VERDICT_CODE") for e in of("immediate")]
+    return any(isinstance(n, bytes) and n.startswith(b"sh") for n in names) and "NF_ACCEPT" in verdicts

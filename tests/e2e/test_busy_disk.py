@@ -32,14 +32,9 @@ TRIALS = 20
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(4, prefix="bd", slow_disks=True)
-    try:
-        lab.up()
-        lab.start_shoutd()
+    with Lab(4, prefix="bd", slow_disks=True) as lab:
         lab.create_network(NET)
         yield lab
-    finally:
-        lab.down()
 
 
 def test_docker_run_never_fails_and_no_election_happens_while_the_leader_s_disk_is_busy(lab):

@@ -28,13 +28,8 @@ if os.geteuid() != 0 or not shutil.which("dockerd"):
 
 @pytest.fixture(scope="module")
 def lab(engine):
-    lab = Lab(3, authz=[1], engine=engine)    # host 1's dockerd uses shoutd as authorization plugin
-    try:
-        lab.up()
-        lab.start_shoutd()
+    with Lab(3, authz=[1], engine=engine) as lab:    # host 1's dockerd uses shoutd as authorization plugin
         yield lab
-    finally:
-        lab.down()
 
 
 def network(lab, name, on=1, *extra):

@@ -25,13 +25,8 @@ if os.geteuid() != 0 or not shutil.which("dockerd"):
 
 @pytest.fixture(scope="module")
 def lab(engine):
-    lab = Lab(3, prefix="co", engine=engine)
-    try:
-        lab.up()
-        lab.start_shoutd()
+    with Lab(3, prefix="co", engine=engine) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture

@@ -37,18 +37,13 @@ PRIORITIES = [("priority dstnat;", "priority -100;"), ("priority srcnat;", "prio
 @pytest.fixture(scope="module")
 def lab():
     # The e2e modules run 28.5.2 with containerd's image store; this one with the graph driver's.
-    lab = Lab(3, prefix="fw", engine=DEBIAN_UNSTABLE, iptables=True, containerd_store=False)
-    try:
-        lab.up()
-        lab.start_shoutd()
+    with Lab(3, prefix="fw", engine=DEBIAN_UNSTABLE, iptables=True, containerd_store=False) as lab:
         for h in lab.hosts:
             br_netfilter(h, True)
             for tool in ("iptables", "ip6tables"):
                 h.netns(tool, "-P", "FORWARD", "DROP")
         lab.create_network(NET)
         yield lab
-    finally:
-        lab.down()
 
 
 def br_netfilter(host, on):

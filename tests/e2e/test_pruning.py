@@ -39,14 +39,9 @@ GROUP = "239.7.7.7"
 
 @pytest.fixture(scope="module")
 def lab(engine):
-    lab = Lab(4, prefix="pr", engine=engine)
-    try:
-        lab.up()
-        lab.start_shoutd()
+    with Lab(4, prefix="pr", engine=engine) as lab:
         lab.create_network(NET)
         yield lab
-    finally:
-        lab.down()
 
 
 def underlay(host):

@@ -29,14 +29,9 @@ OVERLAY_VNI = "com.docker.network.driver.overlay.vxlanid_list"
 
 @pytest.fixture(scope="module")
 def lab(engine):
-    lab = Lab(3, prefix="sw", engine=engine)
-    try:
-        lab.up()
-        lab.start_shoutd()
+    with Lab(3, prefix="sw", engine=engine) as lab:
         lab.swarm()
         yield lab
-    finally:
-        lab.down()
 
 
 def vni_of(host, network):
