@@ -54,3 +54,12 @@ def test_every_part_of_the_benchmark_runs():
                  "pruned / flooded underlay bytes sent, listeners on 3 of 3 hosts", "join latency",
                  "a burst of 100 joins"):
         assert line in res.stdout, (line, res.stdout[-3000:])
+
+
+def test_the_scale_simulation_runs():
+    """bench/scale.py (issue 16's simulation), at a size the test machine forms in seconds."""
+    res = subprocess.run([sys.executable, "bench/scale.py", "--hosts", "4", "--allocations", "20", "--idle", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    row = re.search(r"^\| 4 \| ([\d.]+) s \| .* \| ([\d.]+) s \| ([\d.]+) s \|", res.stdout, re.M)
+    assert row, res.stdout

@@ -1,0 +1,156 @@
+"""Many shoutd daemons on one machine: what a cluster's size costs (issue 16).
+
+    python3 bench/scale.py [--hosts 8,32] [--allocations 200] [--idle 10]
+
+For each size N: N real daemons, each in a network namespace of its own on
+one underlay bridge (tests/hostlab.py), every other daemon given as a peer,
+no Docker (the plugin API is driven over each daemon's socket).  From one
+run it prints:
+- formed: from starting every daemon until each has registered;
+- allocation latency (RequestAddress), median and p99, on the leader and on
+  a follower;
+- FDB: from an endpoint's CreateEndpoint on one host until its MAC is in
+  the VXLAN FDB of every host;
+- failover: from kill -9 of the leader until a write is accepted again;
+- idle CPU (% of one core) and RSS of the leader and of a follower.
+Not a test: nothing here asserts a time.  Needs root; the larger sizes need
+minutes on a small machine.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from tests.hostlab import PluginError, World  # noqa: E402
+from tests.support import docker_id, wait_for  # noqa: E402
+
+POOL = "10.90.0.0/16"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def leader_of(hosts):
+    """The host every running daemon last logged as leader."""
+    def agreed():
+        last = set()
+        for h in hosts:
+            changes = re.findall(r"leader changed: (\S+) in term", h.read_log(since=h.run_log_start))
+            last.add(changes[-1] if changes else None)
+        return last.pop() if len(last) == 1 and None not in last else None
+    member = wait_for(agreed, timeout=120, interval=0.5, what="a leader every host logged")
+    return next(h for h in hosts if h.member == member)
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS        # utime + stime
+
+
+def idle(hosts, seconds):
+    """{host: (% of one core, RSS MiB)} over `seconds` of doing nothing."""
+    before = {h: cpu_seconds(h.pid()) for h in hosts}
+    time.sleep(seconds)                 # the idle period measured
+    return {h: (100.0 * (cpu_seconds(h.pid()) - before[h]) / seconds, h.rss_kib() / 1024.0) for h in hosts}
+
+
+def latencies(host, pool, count):
+    """Seconds each of `count` RequestAddress calls took on `host`, one after another."""
+    took = []
+    for _ in range(count):
+        began = time.monotonic()
+        host.plugin("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}})
+        took.append(time.monotonic() - began)
+    return sorted(took)
+
+
+def p(values, q):
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def fdb_everywhere(hosts, vni, mac, began, timeout=60):
+    """Seconds from `began` until `mac` is in every host's FDB of VXLAN device shx<vni> (polled in turn)."""
+    waiting = list(hosts)
+    while waiting:
+        waiting = [h for h in waiting if mac not in h.netns("bridge fdb show dev shx%d" % vni, check=False).stdout]
+        if time.monotonic() - began > timeout:
+            raise RuntimeError("%s not in the FDB of %d hosts after %ds" % (mac, len(waiting), timeout))
+    return time.monotonic() - began
+
+
+def failover(hosts, pool):
+    """(seconds from kill -9 of the leader until another host's write is accepted, the leader killed)."""
+    leader = leader_of(hosts)
+    other = next(h for h in hosts if h is not leader)
+    began = time.monotonic()
+    leader.kill()
+    while True:
+        try:
+            other.plugin("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}}, timeout=30)
+            return time.monotonic() - began, leader
+        except PluginError:
+            time.sleep(0.05)             # refused during the election: ask again
+
+
+def run(n, allocations, idle_seconds):
+    tmp = tempfile.mkdtemp(prefix="shoutd-scale-")
+    world = World(tmp, subnet="198.23.0")
+    try:
+        secret = world.secret()
+        hosts = [world.host() for _ in range(n)]
+        began = time.monotonic()
+        for h in hosts:
+            h.start(secret, peers=[o.ip for o in hosts if o is not h], wait=False)
+        for h in hosts:
+            h.wait_registered(timeout=600)
+        formed = time.monotonic() - began
+        leader = leader_of(hosts)
+        follower = next(h for h in hosts if h is not leader)
+        pool = leader.plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": POOL, "Options": {},
+                                                        "V6": False})["PoolID"]
+        on_leader = latencies(leader, pool, allocations)
+        on_follower = latencies(follower, pool, allocations)
+        net = docker_id("scale")
+        follower.plugin("NetworkDriver.CreateNetwork", {"NetworkID": net, "Options": {"com.docker.network.generic": {}},
+                                                        "IPv4Data": [{"AddressSpace": "shoutd", "Pool": POOL}]})
+        vni = int(re.findall(r"VNI (\d+)", follower.read_log())[-1])
+        addr = follower.plugin("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}})["Address"]
+        began = time.monotonic()
+        reply = follower.plugin("NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": docker_id("ep"),
+                                                                 "Interface": {"Address": addr}})
+        fdb = fdb_everywhere([h for h in hosts if h is not follower], vni, reply["Interface"]["MacAddress"], began)
+        quiet = idle([leader, follower], idle_seconds)
+        took, _ = failover(hosts, pool)
+        return {"formed": formed, "leader": on_leader, "follower": on_follower, "fdb": fdb, "failover": took,
+                "idle": (quiet[leader], quiet[follower])}
+    finally:
+        world.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hosts", default="8,32", help="cluster sizes, comma-separated")
+    ap.add_argument("--allocations", type=int, default=200, help="RequestAddress calls timed on each host")
+    ap.add_argument("--idle", type=float, default=10.0, help="seconds of idling measured")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("scale.py needs root (network namespaces)")
+    print("| hosts | all registered after | allocation on the leader, median / p99 | on a follower, median / p99 "
+          "| endpoint MAC in every FDB | leader killed, writes again after | idle CPU, RSS: leader; follower |")
+    print("|---|---|---|---|---|---|---|")
+    for n in [int(x) for x in args.hosts.split(",")]:
+        r = run(n, args.allocations, args.idle)
+        (lc, lr), (fc, fr) = r["idle"]
+        print("| %d | %.1f s | %.1f / %.1f ms | %.1f / %.1f ms | %.2f s | %.2f s | %.1f %%, %.0f MiB; %.1f %%, %.0f MiB |"
+              % (n, r["formed"], 1000 * statistics.median(r["leader"]), 1000 * p(r["leader"], 0.99),
+                 1000 * statistics.median(r["follower"]), 1000 * p(r["follower"], 0.99), r["fdb"], r["failover"],
+                 lc, lr, fc, fr), flush=True)
+
+
+if __name__ == "__main__":
+    main()
