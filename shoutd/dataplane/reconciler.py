@@ -65,12 +65,13 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None, firewa
     mtu = underlay.overlay_mtu
     before_nets, before_eps = previous if previous is not None else ((), ())
     bridges = {}
-    added = False
+    created = False     # a network or endpoint new to this host: where br_netfilter may have come since
+    before_ids = {n.id for n in before_nets}
     mdb = None         # one dump for the pass: each network's MDB ensures touch only its own devices
     for net in networks:
         if net in before_nets:
             continue
-        added = True
+        created = created or net.id not in before_ids
         alias = "shoutd " + net.label
         bridges[net.bridge] = nl.ensure_bridge(net.bridge, mtu, alias, net.snooping)
         nl.ensure_vxlan(net.vxlan, net.vni, underlay.local, net.port or underlay.port, underlay.index, mtu,
@@ -87,7 +88,7 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None, firewa
     for ep in endpoints:
         if ep in before_eps:
             continue
-        added = True
+        created = True
         if ep.bridge not in bridges:
             bridges[ep.bridge] = nl.index(ep.bridge)
         nl.ensure_veth(ep.host, ep.peer, ep.mac, mtu, bridges[ep.bridge], "shoutd " + ep.label)
@@ -105,8 +106,9 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None, firewa
         log.info("removing %s: no longer in the cluster state", name)
         nl.delete(name)
     # Docker may load br_netfilter after our first pass (shoutd starts first at
-    # boot), so look again whenever a container or network arrives here.
-    if networks and added and firewall is not None:
+    # boot), so look again whenever a container or network arrives here, and in
+    # every full pass; not when only a network's groups or remote MACs changed.
+    if networks and created and firewall is not None:
         firewall.ensure()
     fenced = {net.vxlan for net in networks if net.snooping}
     if fence is not None and (previous is None or fenced != {net.vxlan for net in before_nets if net.snooping}):
