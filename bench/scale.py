@@ -20,6 +20,7 @@ minutes on a small machine.
 import argparse
 import os
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -140,6 +141,8 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("scale.py needs root (network namespaces)")
+    # `timeout` stops a size that does not form: take its namespaces and daemons down on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM) before the cluster formed"))
     print("| hosts | all registered after | allocation on the leader, median / p99 | on a follower, median / p99 "
           "| endpoint MAC in every FDB | leader killed, writes again after | idle CPU, RSS: leader; follower |")
     print("|---|---|---|---|---|---|---|")
