@@ -259,6 +259,14 @@ class Host:
             args += ["--ip", ip]
         return self.docker(*(args + [IMAGE] + list(cmd or ["sleep", "3600"]))).stdout.strip()
 
+    def multicast(self, tx, rx_host, rx, group, port, seconds=2):
+        """(lost, total) of an iperf UDP stream to `group` from container `tx` here to container `rx` on rx_host."""
+        rx_host.exec(rx, "sh", "-c", "iperf -u -s -B %s -p %d > /tmp/rx.log 2>&1 &" % (group, port))
+        report = lambda: rx_host.exec(rx, "cat", "/tmp/rx.log").stdout  # noqa: E731
+        wait_for(lambda: iperf_listening(report()), what="iperf receiver")
+        self.exec(tx, "iperf", "-u", "-c", group, "-p", str(port), "-T", "2", "-t", str(seconds), timeout=60)
+        return wait_for(lambda: iperf_summary(report(), seconds), what="iperf report")
+
     def exec(self, container, *cmd, check=True, timeout=120):
         return self.docker("exec", container, *cmd, check=check, timeout=timeout)
 

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import readme  # noqa: E402
 from lab import IMAGE, Lab  # noqa: E402
-from support import iperf_listening, iperf_summary, wait_for  # noqa: E402
+from support import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 if os.geteuid() != 0 or not shutil.which("dockerd"):
@@ -59,11 +59,7 @@ def test_one_compose_file_on_every_host_makes_one_network_with_multicast(lab, pr
     c1 = nodes[1][0]
     for n in (2, 3):
         assert h1.exec(c1, "ping", "-c", "2", "-W", "2", nodes[n][1], check=False).returncode == 0, "ping to host %d" % n
-    rx = nodes[2][0]
-    h2.exec(rx, "sh", "-c", "iperf -u -s -B 224.6.6.6 -p 5006 > /tmp/rx.log 2>&1 &")
-    wait_for(lambda: iperf_listening(h2.exec(rx, "cat", "/tmp/rx.log").stdout), what="iperf receiver")
-    h1.exec(c1, "iperf", "-u", "-c", "224.6.6.6", "-p", "5006", "-T", "2", "-t", "3", timeout=60)
-    lost, total = wait_for(lambda: iperf_summary(h2.exec(rx, "cat", "/tmp/rx.log").stdout, 3), what="iperf report")
+    lost, total = h1.multicast(c1, h2, nodes[2][0], "224.6.6.6", 5006, seconds=3)
     assert total > 100 and lost == 0, (lost, total)
 
     # Down on one host: the others keep talking, and a later up there works again.

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engines import DEBIAN_UNSTABLE  # noqa: E402
 from lab import Lab  # noqa: E402
-from support import iperf_listening, iperf_summary, sh, wait_for  # noqa: E402
+from support import sh, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("nft"):
@@ -76,11 +76,7 @@ def traffic_passes(lab, tag, ips):
     for n in (2, 3):
         res = h1.exec("%s1" % tag, "ping", "-c", "2", "-W", "2", ips[n], check=False)
         assert res.returncode == 0, "ping from host 1 to host %d: %s" % (n, res.stdout + res.stderr)
-    rx = "%s2" % tag
-    h2.exec(rx, "sh", "-c", "iperf -u -s -B 224.7.7.7 -p 5007 > /tmp/rx.log 2>&1 &")
-    wait_for(lambda: iperf_listening(h2.exec(rx, "cat", "/tmp/rx.log").stdout), what="iperf receiver")
-    h1.exec("%s1" % tag, "iperf", "-u", "-c", "224.7.7.7", "-p", "5007", "-T", "2", "-t", "2", timeout=60)
-    lost, total = wait_for(lambda: iperf_summary(h2.exec(rx, "cat", "/tmp/rx.log").stdout, 2), what="iperf report")
+    lost, total = h1.multicast("%s1" % tag, h2, "%s2" % tag, "224.7.7.7", 5007)
     assert total > 100 and lost == 0, (lost, total)
 
 

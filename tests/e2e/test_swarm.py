@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lab import Lab  # noqa: E402
-from support import iperf_listening, iperf_summary, wait_for  # noqa: E402
+from support import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 if os.geteuid() != 0 or not shutil.which("dockerd"):
@@ -59,11 +59,7 @@ def pings(lab, tag, ip):
 
 def multicast_passes(lab, tag):
     h1, h2, _ = lab.hosts
-    rx = "%s2" % tag
-    h2.exec(rx, "sh", "-c", "iperf -u -s -B 224.8.8.8 -p 5008 > /tmp/rx.log 2>&1 &")
-    wait_for(lambda: iperf_listening(h2.exec(rx, "cat", "/tmp/rx.log").stdout), what="iperf receiver")
-    h1.exec("%s1" % tag, "iperf", "-u", "-c", "224.8.8.8", "-p", "5008", "-T", "2", "-t", "2", timeout=60)
-    lost, total = wait_for(lambda: iperf_summary(h2.exec(rx, "cat", "/tmp/rx.log").stdout, 2), what="iperf report")
+    lost, total = h1.multicast("%s1" % tag, h2, "%s2" % tag, "224.8.8.8", 5008)
     return total > 100 and lost == 0
 
 
