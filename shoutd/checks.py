@@ -17,6 +17,7 @@ from .errors import INVALID, ShoutdError
 # Docker's network and endpoint ids are 64 lowercase hex digits.  The kernel
 # names a container's veth after the first 12 (see dataplane/desired.py).
 _DOCKER_ID = re.compile(r"^[0-9a-f]{12,64}$")
+_SWARM_ID = re.compile(r"^[0-9a-z]{25}$")
 # shoutd's own network (pool) ids, and request ids: uuid4().hex, or shorter
 # names in tests and older states.
 _OWN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
@@ -41,6 +42,20 @@ def docker_id(value, what):
     if not isinstance(value, str) or not _DOCKER_ID.match(value):
         _fail("%s %s is not a Docker id (12 to 64 lowercase hex digits)" % (what, quoted(value)))
     return value
+
+
+def swarm_id(value, what):
+    """A swarm object's id (swarmkit's identity.NewID: 25 lowercase base-36 digits)."""
+    if not isinstance(value, str) or not _SWARM_ID.match(value):
+        _fail("%s %s is not a swarm id (25 lowercase letters and digits)" % (what, quoted(value)))
+    return value
+
+
+def network_id(value, what):
+    """A Docker network's id: a local network's (hex) or a swarm network's."""
+    if isinstance(value, str) and _SWARM_ID.match(value):
+        return value
+    return docker_id(value, what)
 
 
 def own_id(value, what):

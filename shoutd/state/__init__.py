@@ -96,7 +96,11 @@ class ClusterState:
         return next((n for n in self.networks.values() if n["name"] == name), None)
 
     def network_by_subnet(self, subnet):
-        return next((n for n in self.networks.values() if n["subnet"] == subnet), None)
+        """The shoutd-allocated network of `subnet` (a swarm network's subnet is swarm's business)."""
+        return next((n for n in self.networks.values() if n["subnet"] == subnet and "swarm" not in n), None)
+
+    def network_by_swarm_id(self, swarm_id):
+        return next((n for n in self.networks.values() if n.get("swarm") == swarm_id), None)
 
     def network_by_docker_id(self, node, docker_id):
         return next((n for n in self.networks.values()

@@ -28,10 +28,18 @@ def endpoint_add(state: "ClusterState", op: dict) -> Endpoint:
         if existing["network"] == net["id"] and existing["ip"] == ip:
             return dict(existing)  # type: ignore[return-value]
         reject("endpoint %s already exists with address %s" % (ep_id[:12], existing["ip"]), CONFLICT)
-    if ip not in net["addresses"]:
+    holder = net["endpoints"].get(ip)
+    if "swarm" in net:
+        # Swarm's IPAM gave this address (networks.network_follow), and it hands out an address only
+        # once its last holder is gone in swarm's eyes: a holder here is one whose host has not said so.
+        checks.host_in(checks.ipv4(ip, "address"), net["subnet"], "address", network_label(net))
+        if holder is not None:
+            drop(state, state.endpoints[holder])
+            holder = None
+        net["addresses"][ip] = {"node": node, "req": ""}
+    elif ip not in net["addresses"]:
         reject("address %s was not allocated by shoutd in %s; create the network with "
                "--ipam-driver shoutd" % (ip, network_label(net)))
-    holder = net["endpoints"].get(ip)
     if holder is not None:
         other = state.endpoints[holder]
         reject("address %s in %s is already used by endpoint %s on %s"
@@ -61,3 +69,5 @@ def drop(state: "ClusterState", ep: Endpoint) -> None:
     net = state.networks.get(ep["network"])
     if net is not None and net["endpoints"].get(ep["ip"]) == ep["id"]:
         del net["endpoints"][ep["ip"]]
+        if "swarm" in net:
+            net["addresses"].pop(ep["ip"], None)   # swarm's IPAM frees it; shoutd held it only for the endpoint

@@ -55,6 +55,54 @@ def network_reserve(state: "ClusterState", op: dict):
     return summary(net)
 
 
+def network_follow(state: "ClusterState", op: dict):
+    """A swarm network (AllocateNetwork on the leading manager, or CreateNetwork on a node): shoutd follows it.
+
+    Swarm's IPAM is the authority for its networks' addresses, tasks' and
+    attached containers' alike: it allocates them all on the leading
+    manager and keeps them in swarm's own Raft store.  So shoutd records the
+    subnet swarm chose and gives the network a VNI and port; it allocates
+    nothing in it, and takes each endpoint's address as swarm gave it
+    (endpoints.endpoint_add).  Proposed by every host that meets the network:
+    the first one creates it, the others find it.
+    """
+    swarm = checks.swarm_id(op["swarm"], "swarm network id")
+    existing = state.network_by_swarm_id(swarm)
+    if existing is not None:
+        return summary(existing)
+    req = checks.own_id(op["req"], "network id")
+    subnet = parse_subnet(op["subnet"])
+    gateway = str(checks.host_in(checks.ipv4(op["gateway"], "gateway"), str(subnet), "gateway",
+                                 str(subnet))) if op.get("gateway") else ""
+    options = checks.options(op.get("options"))
+    net: Network = {"id": req, "name": None, "subnet": str(subnet), "gateway": gateway, "vni": free_vni(state),
+                    "creator": op["node"], "bindings": {}, "addresses": {}, "next": 0, "options": options,
+                    "identity": {}, "endpoints": {}, "listeners": {},
+                    "multicast": checks.multicast_mode(options.get("multicast", checks.PRUNED)),
+                    "port": checks.udp_port(op["port"]), "swarm": swarm}
+    state.networks[req] = net
+    return summary(net)
+
+
+def network_unbind(state: "ClusterState", op: dict):
+    """DeleteNetwork of a swarm network on one host: swarm takes it off hosts without tasks on it."""
+    net = state.networks.get(op["network"])
+    if net is not None:
+        net["bindings"].pop(op["node"], None)
+    return None
+
+
+def network_unfollow(state: "ClusterState", op: dict):
+    """FreeNetwork: swarm has removed the network, so its endpoints are gone whatever a host last said."""
+    net = state.network_by_swarm_id(checks.swarm_id(op["swarm"], "swarm network id"))
+    if net is None:
+        return None
+    for ep_id in list(net["endpoints"].values()):
+        del state.endpoints[ep_id]
+    del state.networks[net["id"]]
+    return summary(net)
+
+
 def network_bind(state: "ClusterState", op: dict):
     """NetworkDriver CreateNetwork on one host: remember that host's Docker id.
 
@@ -63,7 +111,10 @@ def network_bind(state: "ClusterState", op: dict):
     mirror is replacing a copy Docker lost (`replace`).
     """
     net = state.network(op["network"])
-    node, docker_id = op["node"], checks.docker_id(op["docker_id"], "Docker network id")
+    node = op["node"]
+    # A swarm network has swarm's id on every host (state version 5: only such networks have "swarm").
+    docker_id = checks.swarm_id(op["docker_id"], "swarm network id") if "swarm" in net \
+        else checks.docker_id(op["docker_id"], "Docker network id")
     options = checks.options(op.get("options"))
     mode = checks.multicast_mode(options.get("multicast", checks.PRUNED))
     other = state.network_by_docker_id(node, docker_id)

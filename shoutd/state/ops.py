@@ -22,6 +22,8 @@ State versions:
      that names no version runs 2.
   3  shoutd 0.3: `cluster_version`; `member_up` reports the host's release.
   4  shoutd 0.4: `network_reserve` records the new network's VXLAN UDP port.
+  5  shoutd 0.5: swarm networks (`network_follow`, `network_unbind`, `network_unfollow`), whose
+     addresses swarm's IPAM hands out; `endpoint_add` in them takes the address as given.
 
 How to add an op in a later release:
 1. Raise STATE_VERSION and add a line above saying what the version brings.
@@ -44,7 +46,7 @@ from ..errors import UNAVAILABLE, ShoutdError
 from . import endpoints, groups, members, networks, requests
 from .records import BASE_VERSION
 
-STATE_VERSION = 4       # the newest state version this release runs
+STATE_VERSION = 5       # the newest state version this release runs
 
 # What each successful op may have changed: followers of the state (kernel,
 # Docker, D-Bus) look only at the parts that did.
@@ -73,6 +75,9 @@ OPS = _table(
     Op("cluster_version", 3, frozenset({MEMBERS}), members.cluster_version, gated=False),
     Op("network_reserve", 2, frozenset({NETWORKS}), networks.network_reserve, networks.undo_network_reserve,
        fields={"port": 4}),
+    Op("network_follow", 5, frozenset({NETWORKS}), networks.network_follow),
+    Op("network_unbind", 5, frozenset({NETWORKS}), networks.network_unbind),
+    Op("network_unfollow", 5, frozenset({NETWORKS, ADDRESSES, ENDPOINTS}), networks.network_unfollow),
     Op("network_bind", 2, frozenset({NETWORKS}), networks.network_bind),
     Op("network_name", 2, frozenset({NETWORKS}), networks.network_name),
     Op("network_gateway", 2, frozenset({NETWORKS}), networks.network_gateway),
@@ -143,6 +148,19 @@ def network_reserve(node, subnet, network, pool, pool_prefix, port=None) -> dict
     if port is not None:
         op["port"] = port
     return op
+
+
+def network_follow(node, swarm, subnet, gateway, options, port) -> dict:
+    return {"op": "network_follow", "node": node, "req": new_request_id(), "swarm": swarm, "subnet": subnet,
+            "gateway": gateway, "options": options, "port": port}
+
+
+def network_unbind(node, network) -> dict:
+    return {"op": "network_unbind", "node": node, "network": network}
+
+
+def network_unfollow(node, swarm) -> dict:
+    return {"op": "network_unfollow", "node": node, "swarm": swarm}
 
 
 def network_bind(node, network, docker_id, options, replace=False) -> dict:

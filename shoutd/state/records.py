@@ -45,6 +45,8 @@ class Network(TypedDict):
     multicast: Optional[str]        # "pruned" or "flood" (checks.MULTICAST_MODES); None until created
     listeners: Dict[str, List[str]] # member -> the groups its containers listen to (pruned networks)
     port: NotRequired[int]          # VXLAN UDP port (state version 4); without: each host's legacy port
+    swarm: NotRequired[str]         # a swarm network's id (state version 5): swarm's IPAM hands out its
+                                    # addresses, shoutd follows (networks.network_follow)
 
 
 class Endpoint(TypedDict):
