@@ -77,6 +77,10 @@ SETTINGS = [
     Setting("vxlan_port", None, "UDP port for VXLAN: of the networks this host creates (default %d), and "
             "of those made before shoutd 0.4 (default %d)" % (VXLAN_PORT, LEGACY_VXLAN_PORT), _port),
     Setting("plugin_socket", "/run/docker/plugins/shoutd.sock", "Docker plugin socket to serve"),
+    Setting("managed_socket", "/run/shoutd/managed.sock", "socket the managed plugin darkkitchen/shoutd "
+            "relays swarm networks' calls to"),
+    Setting("managed_plugin", True, "install (or bring up to date) the managed plugin darkkitchen/shoutd in the "
+            "local Docker when shoutd starts, for swarm networks (yes or no)", _boolean),
     Setting("docker_socket", "/run/docker.sock", "the local Docker engine's API socket"),
     Setting("state_dir", "/var/lib/shoutd", "where the Raft journal and snapshots live"),
     Setting("secret_file", "/etc/shoutd/secret", "the cluster secret shared by every member"),

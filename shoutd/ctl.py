@@ -4,6 +4,7 @@
     shoutdctl network NAME [--json]
     shoutdctl peers add|remove ADDRESS
     shoutdctl start ADVERTISE_ADDRESS [--peer-addresses=A,B]
+    shoutdctl plugin install|remove [--docker-socket PATH] [--managed-socket PATH]
 
 Exit codes scripts can rely on:
     0 success, 1 shoutd refused (the message says why), 2 usage,
@@ -25,6 +26,9 @@ from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
 
 from . import checks, errors
+from . import config as configmod
+from .docker import managed
+from .docker.engine import Engine
 from .state.records import network_label
 from .dbus_api import BUS_NAME, ERROR, INTERFACE, OBJECT_PATH
 from .errors import ShoutdError
@@ -211,6 +215,28 @@ def start(args):
         raise Failure("systemctl enable --now shoutd failed", REFUSED)
 
 
+async def plugin(args):
+    """Install (create or update) or remove the managed plugin darkkitchen/shoutd in the local Docker."""
+    argv = ["--config", args.config]
+    for flag in ("docker_socket", "managed_socket"):
+        if getattr(args, flag):
+            argv += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    try:
+        cfg = configmod.load(argv)
+    except ShoutdError as e:
+        raise Failure(str(e), USAGE) from None
+    engine = Engine(cfg.docker_socket, timeout=120.0)
+    try:
+        done = await (managed.install(engine, cfg.managed_socket) if args.action == "install"
+                      else managed.remove(engine))
+    except ShoutdError as e:
+        code = NOT_RUNNING if e.kind == errors.UNAVAILABLE else REFUSED
+        raise Failure(str(e), code) from None
+    finally:
+        await engine.close()
+    print(done)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="shoutdctl", description="Control the local shoutd over D-Bus.",
                                 epilog="exit codes: 0 ok, 1 refused, 2 usage, 3 not running, "
@@ -232,12 +258,19 @@ def parser():
     st.add_argument("--peer-addresses", default="", help="comma-separated peer addresses")
     st.add_argument("--config", default="/etc/shoutd/shoutd.conf")
     st.add_argument("--no-start", action="store_true", help=argparse.SUPPRESS)
+    pl = sub.add_parser("plugin", help="install or remove the managed plugin darkkitchen/shoutd (swarm networks)")
+    pl.add_argument("action", choices=["install", "remove"])
+    pl.add_argument("--config", default=configmod.DEFAULT_CONFIG, help="shoutd's config (default: %(default)s)")
+    pl.add_argument("--docker-socket", help="the Docker engine's API socket (default: as shoutd's config says)")
+    pl.add_argument("--managed-socket", help="shoutd's managed socket (default: as shoutd's config says)")
     return p
 
 
 async def run(args):
     if args.command == "start":
         return start(args)
+    if args.command == "plugin":
+        return await plugin(args)
     if args.command == "peers" and args.action:
         if not args.address:
             raise Failure("usage: shoutdctl peers %s ADDRESS" % args.action, USAGE)

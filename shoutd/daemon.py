@@ -24,6 +24,7 @@ from . import dbus_api
 from .dataplane.netlink import vxlan_mdb_supported
 from .dataplane.reconciler import Reconciler, Underlay
 from .dataplane.worker import Worker
+from .docker import managed
 from .docker.engine import Engine
 from .docker.mirror import Mirror
 from .docker.plugin import make_app
@@ -41,6 +42,7 @@ log = logging.getLogger("shoutd")
 # The state here was written by a newer release: systemd must not restart us
 # (RestartPreventExitStatus in shoutd.service); only an upgrade helps.
 EXIT_NEWER_STATE = 78
+PLUGIN_RETRY = 60.0      # at most this many seconds between tries to install the managed plugin
 
 
 def setup_logging(level):
@@ -84,14 +86,28 @@ def find_underlay(worker, cfg, notifier, wait=60.0):
     return underlay
 
 
-def plugin_socket(cfg):
-    """The inherited socket when socket-activated, else our own, same path either way."""
-    if os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS", "0")) >= 1:
-        for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-            os.environ.pop(var, None)
-        log.info("serving the Docker plugin API on the socket passed by systemd")
-        return socket.socket(fileno=3), False
-    path = cfg.plugin_socket
+def activated_sockets():
+    """The sockets systemd passed (shoutd.socket: the plugin socket, then the managed socket), or []."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    return [socket.socket(fileno=3 + i) for i in range(count)]
+
+
+def listening(passed, index, path, what, group=None):
+    """(socket, whether shoutd made it): the one systemd passed at `index`, else our own at `path`."""
+    if len(passed) > index:
+        log.info("serving %s on the socket passed by systemd (%s)", what, path)
+        return passed[index], False
+    sock = unix_socket(path, group)
+    log.info("serving %s on %s", what, path)
+    return sock, True
+
+
+def unix_socket(path, group=None):
+    """A listening socket at `path`, root's (and `group`'s, if it exists), never world-writable."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.exists(path):
         os.unlink(path)
@@ -101,15 +117,15 @@ def plugin_socket(cfg):
         sock.bind(path)
     finally:
         os.umask(old)
-    try:
-        import grp
-        os.chown(path, 0, grp.getgrnam("docker").gr_gid)
-        os.chmod(path, 0o660)
-    except (KeyError, PermissionError):
-        pass                          # no docker group: root-only (0600) it stays
+    if group is not None:
+        try:
+            import grp
+            os.chown(path, 0, grp.getgrnam(group).gr_gid)
+            os.chmod(path, 0o660)
+        except (KeyError, PermissionError):
+            pass                      # no such group: root-only (0600) it stays
     sock.listen(128)
-    log.info("serving the Docker plugin API on %s", path)
-    return sock, True
+    return sock
 
 
 class Daemon:
@@ -206,6 +222,25 @@ class Daemon:
                 log.info("waiting for the cluster: %s", e)
                 await asyncio.sleep(0.5)  # no leader yet: ask again shortly
 
+    async def install_plugin(self):
+        """The managed plugin in the local Docker, so that swarm networks need nothing else done."""
+        if not self.cfg.managed_plugin:
+            return
+        said, delay = None, 1.0
+        while not self.stopping.is_set():
+            try:
+                log.info("managed plugin: %s", await managed.install(self.engine, self.cfg.managed_socket))
+                return
+            except ShoutdError as e:
+                if str(e) != said:      # once per new reason, not once a minute
+                    log.warning("cannot install the managed plugin %s in the local Docker yet (trying again "
+                                "until it works; managed_plugin = no turns this off): %s", managed.REFERENCE, e)
+                said = str(e)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            except asyncio.TimeoutError:
+                delay = min(delay * 2, PLUGIN_RETRY)    # Docker usually starts within seconds of shoutd
+
     async def watch_raft(self):
         """Leave (and let systemd restart us) if the Raft thread dies; see Notifier for a wedged one."""
         while not self.stopping.is_set():
@@ -218,10 +253,23 @@ class Daemon:
             await asyncio.sleep(1.0)  # how often the Raft thread is looked at
 
     async def run(self):
-        sock, owned = plugin_socket(self.cfg)
+        passed = activated_sockets()
+        sock, owned = listening(passed, 0, self.cfg.plugin_socket, "the Docker plugin API", group="docker")
         runner = web.AppRunner(make_app(self.service), handle_signals=False, access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock, shutdown_timeout=2.0).start()
+        # Swarm networks' calls, relayed by the managed plugin darkkitchen/shoutd (docker/managed.py).
+        swarm_runner = web.AppRunner(make_app(self.service, swarm=True), handle_signals=False, access_log=None)
+        await swarm_runner.setup()
+        swarm_owned = False
+        try:
+            swarm_sock, swarm_owned = listening(passed, 1, self.cfg.managed_socket, "swarm networks' calls")
+            await web.SockSite(swarm_runner, swarm_sock, shutdown_timeout=2.0).start()
+        except OSError as e:
+            # An upgrade whose shoutd.socket was not restarted yet passes one socket, and /run/shoutd may
+            # be read-only to us: only swarm networks wait; the rest works.
+            log.error("cannot serve swarm networks on %s: %s; restart shoutd.socket and shoutd",
+                      self.cfg.managed_socket, e)
         self.reconciler.start()
         self.mirror.start()
         self.listeners.start()
@@ -230,6 +278,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         tasks = [asyncio.create_task(self.register()), asyncio.create_task(self.watch_raft()),
+                 asyncio.create_task(self.install_plugin()),
                  asyncio.create_task(self.notifier.run(self.raft, self.stopping))]
         try:
             await self.stopping.wait()
@@ -243,6 +292,9 @@ class Daemon:
             await self.mirror.stop()
             await self.reconciler.stop()
             await runner.cleanup()
+            await swarm_runner.cleanup()
+            if swarm_owned and os.path.exists(self.cfg.managed_socket):
+                os.unlink(self.cfg.managed_socket)
             await self.engine.close()
             if self.dbus is not None:
                 self.dbus.disconnect()

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -199,10 +200,20 @@ class Host:
         conf = os.path.join(self.dir, "shoutd.conf")
         with open(conf, "w") as f:
             f.write("[shoutd]\nadvertise_address = %s\npeers = %s\nplugin_socket = %s\n"
-                    "docker_socket = %s\nstate_dir = %s\nsecret_file = %s\n"
+                    "managed_socket = %s\nmanaged_plugin = %s\ndocker_socket = %s\nstate_dir = %s\nsecret_file = %s\n"
                     % (self.ip, ", ".join(peers), os.path.join(self.dir, "plugins/shoutd.sock"),
-                       self.sock, os.path.join(self.dir, "state"), self.lab.secret))
+                       self.managed_socket, "yes" if self.lab.managed_plugin else "no", self.sock,
+                       os.path.join(self.dir, "state"), self.lab.secret))
         return conf
+
+    @property
+    def managed_socket(self):
+        return os.path.join(self.dir, "run", "managed.sock")
+
+    def plugin(self, action):
+        """`shoutdctl plugin install|remove` for this host's dockerd: the managed plugin darkkitchen/shoutd."""
+        return sh([self.lab.python, "-m", "shoutd.ctl", "plugin", action, "--config",
+                   os.path.join(self.dir, "shoutd.conf")], env=dict(os.environ, PYTHONPATH=ROOT), timeout=180)
 
     def start_shoutd(self):
         peers = [h.ip for h in self.lab.hosts if h is not self]
@@ -267,6 +278,18 @@ class Host:
         self.exec(tx, "iperf", "-u", "-c", group, "-p", str(port), "-T", "2", "-t", str(seconds), timeout=60)
         return wait_for(lambda: iperf_summary(report(), seconds), what="iperf report")
 
+    def capture(self, container, bpf, count=1, timeout=15):
+        """Start tcpdump inside a container, once it listens; returns a function that waits for its output."""
+        proc = subprocess.Popen(self.docker_command("exec", container, "timeout", str(timeout), "tcpdump", "-Z", "root",
+                                                    "-n", "-e", "-v", "-l", "-i", "eth0", "-c", str(count), bpf),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.lab.cli_env)
+        seen, deadline = b"", time.monotonic() + timeout
+        while b"listening on" not in seen and proc.poll() is None and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                seen += os.read(proc.stdout.fileno(), 4096)
+        assert b"listening on" in seen, "tcpdump did not start in %s: %s" % (container, seen.decode(errors="replace"))
+        return lambda: (seen + proc.communicate(timeout=timeout + 10)[0]).decode(errors="replace")
+
     def exec(self, container, *cmd, check=True, timeout=120):
         return self.docker("exec", container, *cmd, check=check, timeout=timeout)
 
@@ -277,12 +300,13 @@ class Host:
 
 class Lab:
     def __init__(self, hosts=3, base=None, prefix="sl", python=None, authz=(), slow_disks=False,
-                 engine=None, iptables=False, containerd_store=None):
+                 engine=None, iptables=False, containerd_store=None, managed_plugin=False):
         self.authz = set(authz)       # hosts whose dockerd asks shoutd to authorize requests
         self.slow_disks = slow_disks  # shoutd's fsyncs can be slowed down (Host.slow_disk)
         # The Docker release every host runs (engines.py); SHOUTD_LAB_ENGINE picks one for the demo.
         self.engine = engine or ENGINES[os.environ.get("SHOUTD_LAB_ENGINE", DEBIAN_12.name)]
         self.iptables = iptables      # dockerd writes its firewall rules (in each host's own namespace)
+        self.managed_plugin = managed_plugin    # shoutd installs darkkitchen/shoutd in its dockerd as it starts
         # Images in containerd's store (Docker 29's default for new installs), or the graph driver's.
         self.containerd_store = self.engine.containerd_store if containerd_store is None else containerd_store
         self.base = base or tempfile.mkdtemp(prefix="shoutd-lab-")
@@ -424,17 +448,29 @@ class Lab:
             sh("ip link del %s-ul" % name, check=False)
         sh("ip link del %s" % self.underlay, check=False)
 
-    def remove_containers(self):
-        """Every container on every host, running or not."""
+    def remove_containers(self, keep_tasks=False):
+        """Every container on every host, running or not (but swarm's tasks, with `keep_tasks`)."""
         for h in self.hosts:
             if os.path.exists(h.sock):
-                cids = h.docker("ps", "-aq", check=False).stdout.split()
+                cids = set(h.docker("ps", "-aq", check=False).stdout.split())
+                if keep_tasks:       # swarm would only start them again: their services decide
+                    cids -= set(h.docker("ps", "-aq", "--filter", "label=com.docker.swarm.task.id",
+                                         check=False).stdout.split())
                 if cids:
-                    h.docker("rm", "-f", *cids, check=False)
+                    h.docker("rm", "-f", *sorted(cids), check=False)
+
+    def remove_services(self):
+        """Every swarm service and stack, if host 1 manages a swarm."""
+        h1 = self.hosts[0]
+        if os.path.exists(h1.sock):
+            services = h1.docker("service", "ls", "-q", check=False).stdout.split()
+            if services:
+                h1.docker("service", "rm", *services, check=False)
 
     def down(self):
         # Containers go while shoutd still answers Docker's Leave/DeleteEndpoint:
         # without it Docker retries each call for half a minute.
+        self.remove_services()
         self.remove_containers()
         for h in self.hosts:
             h.kill_shoutd(signal.SIGTERM)

@@ -28,6 +28,15 @@ class CreateNetwork:
 
 
 @dataclass
+class AllocateNetwork:
+    """Swarm's leading manager, once per swarm network: IPv4Data is what swarm's IPAM chose."""
+    NetworkID: str
+    Options: dict = _optional(dict)
+    IPv4Data: list = _optional(list)
+    IPv6Data: list = _optional(list)
+
+
+@dataclass
 class GwAllocCheck:
     """Docker 28+, before it reserves a network's pools: the options CreateNetwork will carry."""
     Options: dict = _optional(dict)

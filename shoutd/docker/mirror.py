@@ -105,7 +105,9 @@ class Mirror(KickLoop):
         self._look_again_for_unnamed(state, now)
 
     def _look_again_for_unnamed(self, state, now):
-        unnamed = [n["id"] for n in state.networks.values() if n["name"] is None and self.node in n["bindings"]]
+        # A swarm network stays unnamed: Docker has it from swarm, not from this mirror.
+        unnamed = [n["id"] for n in state.networks.values()
+                   if n["name"] is None and self.node in n["bindings"] and "swarm" not in n]
         self._unnamed = {net_id: self._unnamed.get(net_id, now) for net_id in unnamed}
         if any(now - since < UNNAMED_PATIENCE for since in self._unnamed.values()):
             self.kick(delay=UNNAMED_RETRY)

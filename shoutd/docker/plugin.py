@@ -10,9 +10,12 @@ With `"authorization-plugins": ["shoutd"]` in Docker's daemon.json, the same
 socket also answers Docker's AuthZ calls, to refuse `docker network rm` of a
 network still used on other hosts (see Service.authorize).
 
-The driver's scope is "local" with connectivity scope "global": "global"
-scope makes Docker demand swarm, while local scope with our own cluster-wide
-IPAM is what works on current Docker without swarm.
+Two tables of routes, one per socket.  The legacy socket (`-d shoutd`) has
+scope "local" with connectivity scope "global": "global" scope makes Docker
+demand swarm, while local scope with our own cluster-wide IPAM is what works
+on current Docker without swarm.  The managed socket, which the managed
+plugin `darkkitchen/shoutd` relays to (managed.py), serves swarm networks:
+scope "global", AllocateNetwork and FreeNetwork, and swarm's IPAM.
 """
 
 import json
@@ -144,7 +147,37 @@ async def nothing(service, body):
 
 
 async def swarm_only(service, body):
-    raise ShoutdError("shoutd does not take part in swarm network allocation; use it without swarm")
+    raise ShoutdError("the shoutd driver serves networks without swarm; for swarm networks use the managed "
+                      "plugin: shoutdctl plugin install, then docker network create -d darkkitchen/shoutd")
+
+
+async def swarm_activate(service, body):
+    return {"Implements": ["NetworkDriver"]}
+
+
+async def swarm_capabilities(service, body):
+    return {"Scope": "global", "ConnectivityScope": "global"}
+
+
+async def allocate_network(service, body):
+    req = api.parse(api.AllocateNetwork, body)
+    return {"Options": await service.swarm.allocate(req.NetworkID, req.Options, req.IPv4Data, req.IPv6Data)}
+
+
+async def free_network(service, body):
+    await service.swarm.free(api.parse(api.DeleteNetwork, body).NetworkID)
+    return {}
+
+
+async def swarm_create_network(service, body):
+    req = api.parse(api.CreateNetwork, body)
+    await service.swarm.create_network(req.NetworkID, req.IPv4Data, req.Options)
+    return {}
+
+
+async def swarm_delete_network(service, body):
+    await service.swarm.delete_network(api.parse(api.DeleteNetwork, body).NetworkID)
+    return {}
 
 
 async def authz_request(service, body):
@@ -223,6 +256,18 @@ ROUTES = {
 }
 
 
+# The managed plugin's socket: swarm networks.  Endpoints and sandboxes are the same calls; no IPAM
+# (swarm's allocates) and no AuthZ (swarm decides when its networks go).
+SWARM_ROUTES = dict({name: fn for name, fn in ROUTES.items() if name.startswith("NetworkDriver.")}, **{
+    "Plugin.Activate": swarm_activate,
+    "NetworkDriver.GetCapabilities": swarm_capabilities,
+    "NetworkDriver.CreateNetwork": swarm_create_network,
+    "NetworkDriver.DeleteNetwork": swarm_delete_network,
+    "NetworkDriver.AllocateNetwork": allocate_network,
+    "NetworkDriver.FreeNetwork": free_network,
+})
+
+
 # Calls that decide from the cluster state wait until this host's copy is
 # current.  Activation and capabilities must answer at once (Docker probes
 # plugins with short timeouts), and AuthZ sees every Docker API call.
@@ -238,10 +283,11 @@ async def _unknown(request):
     return _reply({"Err": msg, "Error": msg}, 404)
 
 
-def make_app(service):
+def make_app(service, swarm=False):
+    """The legacy plugin's API, or with `swarm` the managed plugin's."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE] = service
-    for name, fn in ROUTES.items():
+    for name, fn in (SWARM_ROUTES if swarm else ROUTES).items():
         app.router.add_post("/" + name, _endpoint(fn, name in NEEDS_STATE))
     app.router.add_route("*", "/{tail:.*}", _unknown)
     return app

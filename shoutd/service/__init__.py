@@ -8,6 +8,7 @@ methods, one module per API area (as Docker's own drivers split theirs):
 - membership.py  the cluster's members and its status (D-Bus, shoutdctl)
 - ipam.py        Docker's IpamDriver API: pools and addresses
 - driver.py      Docker's NetworkDriver API: networks, endpoints, join/leave
+- swarm.py       the NetworkDriver calls of swarm networks (the managed plugin)
 - authz.py       Docker's AuthZ API: refusing to remove a network in use elsewhere
 
 Each method checks its input, proposes one operation to the replicated state,
@@ -20,8 +21,9 @@ from .cluster import Cluster
 from .driver import MULTICAST, NETWORK_OPTION, NetworkDriver, mac_for
 from .ipam import Ipam
 from .membership import Membership
+from .swarm import SwarmNetworks
 
-__all__ = ["Authz", "Cluster", "Ipam", "MULTICAST", "Membership", "NETWORK_OPTION", "NetworkDriver", "Service",
+__all__ = ["Authz", "Cluster", "Ipam", "MULTICAST", "Membership", "NETWORK_OPTION", "NetworkDriver", "Service", "SwarmNetworks",
            "mac_for"]
 
 
@@ -34,3 +36,4 @@ class Service:
         self.ipam = Ipam(self.cluster)
         self.driver = NetworkDriver(self.cluster, reconciler, on_network_changed)
         self.authz = Authz(self.cluster)
+        self.swarm = SwarmNetworks(self.cluster, reconciler)

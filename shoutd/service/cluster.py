@@ -76,7 +76,7 @@ class Cluster:
 
     def bound_network(self, docker_id):
         """The cluster network that this host's Docker knows as `docker_id`."""
-        checks.docker_id(docker_id, "NetworkID")
+        checks.network_id(docker_id, "NetworkID")
         net = self.state().network_by_docker_id(self.node, docker_id)
         if net is None:
             raise ShoutdError("Docker network %s is not a shoutd network on this host; "

@@ -22,4 +22,4 @@ def no_containers_left(request):
     yield
     lab = request.node.funcargs.get("lab")
     if lab is not None:
-        lab.remove_containers()
+        lab.remove_containers(keep_tasks=True)

@@ -8,7 +8,6 @@ import concurrent.futures
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -123,19 +122,6 @@ raw.send(b"\\xff" * 6 + mac + b"\\x88\\xb5" + b"shoutd-not-ip".ljust(46, b"."))
 """
 
 
-def capture(host, container, bpf, count=1, timeout=15):
-    """Start tcpdump inside a container, once it listens; returns a function that waits for its output."""
-    proc = subprocess.Popen(host.docker_command("exec", container, "timeout", str(timeout), "tcpdump", "-Z", "root",
-                                                "-n", "-e", "-v", "-l", "-i", "eth0", "-c", str(count), bpf),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=host.lab.cli_env)
-    seen, deadline = b"", time.monotonic() + timeout
-    while b"listening on" not in seen and proc.poll() is None and time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 1.0)[0]:
-            seen += os.read(proc.stdout.fileno(), 4096)
-    assert b"listening on" in seen, "tcpdump did not start in %s: %s" % (container, seen.decode(errors="replace"))
-    return lambda: (seen + proc.communicate(timeout=timeout + 10)[0]).decode(errors="replace")
-
-
 @pytest.mark.parametrize("mode", ["flood", "pruned"])
 def test_non_ip_and_non_tcp_udp_protocols_cross_hosts(lab, mode):
     """VRRP (IP protocol 112) and a non-IP EtherType arrive unchanged on every other host.
@@ -152,9 +138,9 @@ def test_non_ip_and_non_tcp_udp_protocols_cross_hosts(lab, mode):
     waits = {}
     for h in (h2, h3):
         # Pruned: collect every IGMP message for a while (the host's own queries come too).
-        igmp = capture(h, "dst%d" % h.n, "igmp") if mode == "flood" else \
-            capture(h, "dst%d" % h.n, "igmp", count=100, timeout=6)
-        waits[h.n] = [capture(h, "dst%d" % h.n, "ip proto 112"), capture(h, "dst%d" % h.n, "ether proto 0x88b5"),
+        igmp = h.capture("dst%d" % h.n, "igmp") if mode == "flood" else \
+            h.capture("dst%d" % h.n, "igmp", count=100, timeout=6)
+        waits[h.n] = [h.capture("dst%d" % h.n, "ip proto 112"), h.capture("dst%d" % h.n, "ether proto 0x88b5"),
                       igmp]
     pid = json.loads(h1.docker("inspect", "src").stdout)[0]["State"]["Pid"]
     subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", SEND_RAW], check=True)

@@ -322,10 +322,25 @@ def test_upgrade_keeps_the_cluster_state_and_restarts(machines, deb):
     assert "mc" in [n[0] for n in after["Networks"]]
 
 
-def test_purge_removes_state_and_secret(machines):
+def docker_plugins(m):
+    return m.run("docker plugin ls --format '{{.Name}} {{.Enabled}}'").stdout.split("\n")
+
+
+def test_the_service_installed_the_managed_plugin_for_swarm(machines):
+    """After `apt install shoutd` nothing else is needed for swarm networks (README: Swarm services)."""
+    for m in machines:
+        wait(lambda m=m: "darkkitchen/shoutd:latest true" in docker_plugins(m), timeout=120,
+             what="the managed plugin on " + m.name)
+    log = machines[0].run("journalctl -u shoutd -b --no-pager -o cat").stdout
+    assert "managed plugin: created darkkitchen/shoutd:latest" in log or \
+        "managed plugin: darkkitchen/shoutd:latest is up to date" in log, log[-2000:]
+
+
+def test_purge_removes_state_secret_and_plugin(machines):
     m3 = machines[2]
     assert m3.run("test -d /var/lib/shoutd").returncode == 0
     m3.run("apt-get purge -y -q shoutd", timeout=300)
+    assert not any(line.startswith("darkkitchen/shoutd") for line in docker_plugins(m3)), "the plugin went too"
     for path in ("/var/lib/shoutd", "/etc/shoutd/secret", "/etc/shoutd/shoutd.conf"):
         assert m3.run("test -e %s" % path, check=False).returncode != 0, path
     assert m3.run("systemctl is-active shoutd.socket", check=False).stdout.strip() != "active"

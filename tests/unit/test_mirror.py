@@ -172,3 +172,21 @@ def test_the_looks_for_a_network_docker_never_lists_end():
     clock.now += UNNAMED_PATIENCE
     asyncio.run(m.step(periodic=True))
     assert kicks == [UNNAMED_RETRY], "after a minute only the periodic pass looks"
+
+
+def test_a_swarm_network_is_left_to_swarm():
+    """Swarm puts its networks into each node's Docker: the mirror neither copies, names nor waits for them."""
+    from shoutd.state import ops
+    state = ClusterState()
+    state.apply(ops.member_up(HERE, "198.18.0.1", "h1"))
+    for v in range(3, ops.STATE_VERSION + 1):
+        state.apply(ops.cluster_version(HERE, v))
+    net = state.apply(ops.network_follow(THERE, "e3ts5pzxib54h9gyjves7353e", "10.0.2.0/24", "10.0.2.1", {},
+                                         7380))["value"]
+    assert "error" not in state.apply(ops.network_bind(HERE, net["id"], "e3ts5pzxib54h9gyjves7353e", {}))
+    engine = FakeEngine()
+    m, submitted = mirror(engine, state)
+    kicks = []
+    m.kick = lambda delay=None: kicks.append(delay)
+    asyncio.run(m.step(periodic=True))
+    assert engine.created == [] and engine.removed == [] and submitted == [] and kicks == []
