@@ -326,6 +326,18 @@ networks:
 """ % MESH
 
 
+def test_a_plugin_replaced_under_running_tasks_serves_the_next_ones(lab, stack):
+    """What an upgrade whose relay changed does (managed.install): remove and create, tasks running."""
+    h1, _, h3 = lab.hosts
+    assert h3.plugin("remove").stdout.startswith("removed ")
+    assert h3.plugin("install").stdout.startswith("created ")
+    h1.docker("service", "update", "-d", "--force", "st_b")
+    wait_for(lambda: "completed" in h1.docker("service", "inspect", "--format", "{{.UpdateStatus.State}}",
+                                              "st_b").stdout, timeout=180, interval=1, what="st_b updated")
+    converged(lab, "st_b", 3)
+    all_connected(lab, "with %s's plugin replaced" % h3.name)
+
+
 def test_a_docker_run_container_and_a_compose_project_reach_services_by_name(lab, stack):
     _, h2, h3 = lab.hosts
     h2.run("att", MESH)
