@@ -13,6 +13,7 @@ nothing but the standard library (no shoutd package, no aiohttp).
 
 import asyncio
 import os
+import signal
 import sys
 
 CHUNK = 1 << 16
@@ -55,8 +56,14 @@ async def serve(listen, service):
     server = await asyncio.start_unix_server(lambda r, w: _relay(service, r, w), path=listen)
     os.chmod(listen, 0o600)
     print("shoutd-relay: %s -> %s" % (listen, service), file=sys.stderr, flush=True)
+    # The relay is PID 1 of the plugin's container, where SIGTERM is ignored unless handled: without
+    # this, Docker waits out its stop timeout on every `plugin disable` and every shutdown.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     async with server:
-        await server.serve_forever()
+        await stop.wait()
 
 
 def main(argv=None):

@@ -164,7 +164,14 @@ class NetworkDriver:
         return peer
 
     async def leave(self, docker_id, endpoint_id):
-        log.info("endpoint %s %s leaves its sandbox", endpoint_id[:12], self._local_endpoint(endpoint_id)["ip"])
+        checks.docker_id(endpoint_id, "EndpointID")
+        ep = self.cluster.state().endpoints.get(endpoint_id)
+        if ep is None:
+            # Gone with its network already: swarm's FreeNetwork can come before a node's Leave
+            # (`docker stack rm`).  Leave changes nothing here, so there is nothing to refuse.
+            log.info("endpoint %s leaves its sandbox (its network is gone already)", endpoint_id[:12])
+            return
+        log.info("endpoint %s %s leaves its sandbox", endpoint_id[:12], ep["ip"])
 
     def endpoint_info(self, docker_id, endpoint_id):
         ep = self._local_endpoint(endpoint_id)

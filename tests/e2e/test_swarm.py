@@ -390,8 +390,14 @@ def test_the_leading_manager_killed_leaves_the_network_working_and_swarm_allocat
         survivors = [h2, h3]
         wait_for(lambda: "Leader" in h2.docker("node", "ls", "--format", "{{.ManagerStatus}}", check=False).stdout,
                  timeout=90, interval=1, what="a new leading manager")
-        h2.docker("service", "create", "-d", "--name", "st_f", "--replicas", "4", "--endpoint-mode", "dnsrr",
-                  "--constraint", "node.id!=" + node1, "--network", MESH, "shoutd-lab", "sleep", "1d", timeout=120)
+
+        def created():
+            # Swarm's own Raft may still be settling ("node lost leader status"): its business, so try again.
+            res = h2.docker("service", "create", "-d", "--name", "st_f", "--replicas", "4", "--endpoint-mode",
+                            "dnsrr", "--constraint", "node.id!=" + node1, "--network", MESH, "shoutd-lab", "sleep",
+                            "1d", check=False, timeout=120)
+            return res.returncode == 0 or "already exists" in res.stderr
+        wait_for(created, timeout=120, interval=2, what="st_f created through the new leading manager")
         wait_for(lambda: len(tasks(lab, "st_f", survivors)) == 4, timeout=120, interval=1,
                  what="st_f's tasks, allocated by the new leader")
         all_connected(lab, "after the leader's dockerd was killed", survivors)

@@ -104,6 +104,9 @@ class Machine:
         os.chmod(full, mode)
 
     def boot(self):
+        # A machine of this name that was killed rather than powered off can leave its host-side
+        # veth behind, and nspawn refuses to start with "Failed to add new veth interfaces".
+        sh(["ip", "link", "del", ("vb-" + self.name)[:15]], check=False)
         env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
         self.log = open(self.root + ".console", "wb")
         self.proc = subprocess.Popen(

@@ -173,6 +173,20 @@ def test_a_swarm_network_s_whole_life_through_the_managed_socket():
     run_swarm(t)
 
 
+def test_a_node_s_leave_after_swarm_freed_the_network_is_not_an_error():
+    """`docker stack rm`: the manager's FreeNetwork can come before a node's Leave and DeleteEndpoint."""
+    async def t(h, c):
+        await h.call(c, "NetworkDriver.CreateNetwork", {"NetworkID": SWARM_NET, "IPv4Data": IPV4})
+        await h.call(c, "NetworkDriver.CreateEndpoint", {"NetworkID": SWARM_NET, "EndpointID": EP1,
+                                                         "Interface": {"Address": "10.0.2.3/24"}})
+        assert await h.call(c, "NetworkDriver.FreeNetwork", {"NetworkID": SWARM_NET}) == (200, {})
+        for call in ("NetworkDriver.Leave", "NetworkDriver.DeleteEndpoint"):
+            assert await h.call(c, call, {"NetworkID": SWARM_NET, "EndpointID": EP1}) == (200, {}), call
+        assert await h.call(c, "NetworkDriver.DeleteNetwork", {"NetworkID": SWARM_NET}) == (200, {})
+        assert h.raft.cluster.endpoints == {} and h.raft.cluster.networks == {}
+    run_swarm(t)
+
+
 def test_a_worker_s_create_network_follows_a_network_its_leader_allocated_elsewhere():
     async def t(h, c):
         # AllocateNetwork ran on a manager whose shoutd was down, say: CreateNetwork alone is enough.
@@ -315,6 +329,24 @@ def test_the_relay_copies_both_ways_and_outlives_a_service_that_is_down():
         task.cancel()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(t(tmp))
+
+
+def test_the_relay_ends_at_once_on_sigterm():
+    """It is PID 1 in the plugin's container, where an unhandled SIGTERM would be ignored."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    with tempfile.TemporaryDirectory() as tmp:
+        listen = os.path.join(tmp, "plugin.sock")
+        proc = subprocess.Popen([sys.executable, "-I", relay.__file__, listen, os.path.join(tmp, "m.sock")],
+                                stderr=subprocess.PIPE)
+        for _ in range(500):
+            if os.path.exists(listen):
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
 
 
 def test_the_relay_says_how_it_is_used():
