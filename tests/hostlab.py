@@ -188,7 +188,9 @@ class Host:
             "--plugin-socket", self.socket,
             "--docker-socket", os.path.join(self.dir, "no-docker.sock"),
             "--state-dir", os.path.join(self.dir, "state"), "--secret-file", secret_file] + list(extra)
-        open(os.path.join(self.dir, "none.conf"), "w").close()
+        with open(os.path.join(self.dir, "none.conf"), "w") as f:
+            # SHOUTD_TEST_LOG_LEVEL=debug shows each pre-vote, for example, when a nemesis test fails.
+            f.write("[shoutd]\nlog_level = %s\n" % os.environ.get("SHOUTD_TEST_LOG_LEVEL", "info"))
         full_env = self.bus.env() if self.bus else dict(os.environ, PYTHONPATH=ROOT)
         full_env.update(env or {})
         if tree is not None:

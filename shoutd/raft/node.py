@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 # within ELECTION_MAX plus a round trip, within the 3 s failover goal.
 ELECTION_MIN, ELECTION_MAX = 1.0, 2.0
 LEADER_FALLBACK = 2.5     # a leader that hears from no majority for this long steps down
-CONNECTION_TIMEOUT = 3.5  # PySyncObj drops a connection silent for this long
+CONNECTION_TIMEOUT = 3.5  # PySyncObj drops a connection silent for this long (keepalives: transport.py)
 # How long a write waits for a leader (an election, a failover) before it is
 # refused: twice the longest failover, far within Docker's plugin timeout.
 WRITE_WAIT = 6.0

@@ -42,6 +42,13 @@ rejection (reset) only ever back.
   except the last chunk of a snapshot, which replaces the log anyway.
 
 It also serves shoutd's needs from the same place:
+- a keepalive on every member connection each KEEPALIVE seconds.  PySyncObj
+  closes a connection that has read nothing for its connection timeout, and
+  checks that timeout first when the next message comes or goes, dropping
+  that message.  Followers speak to each other only in elections, so their
+  link was always stale by then and the first pre-vote was lost (a failover
+  took a second election timeout: 3.3 s instead of 1 to 2).  Keepalives are
+  consumed here: they are not Raft, so they count as nothing in `heard`;
 - `heard` records when each member last sent a message, for an honest
   quorum (PySyncObj's hasQuorum only counts open TCP connections);
 - every outgoing message passes the durability rules (durability.py): an
@@ -62,7 +69,7 @@ import time
 
 from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,10 @@ UNAUTHENTICATED_FRAME = 16 << 10    # a handshake or utility message is a few hu
 AUTH_TIMEOUT = 5.0                  # seconds to complete the handshake
 MAX_PENDING = 64                    # unauthenticated connections at once
 ACCEPT_PAUSE = 0.5                  # seconds without accepting after an accept error
+KEEPALIVE = 1.0                     # seconds between keepalives: far within any connection timeout
+# A dict of a type PySyncObj does not know: older releases pass it on to
+# PySyncObj, which ignores it.
+KEEPALIVE_MESSAGE = {"type": "shoutd_keepalive"}
 _FRAME_HEADER = struct.Struct("i")  # PySyncObj's length prefix: native signed int
 
 
@@ -224,7 +235,8 @@ class GuardedTransport(TCPTransport):
 
     def __init__(self, syncObj, selfNode, otherNodes):
         self._pending = {}           # unauthenticated incoming connection -> (accepted at, its guard)
-        self.heard = {}              # member id -> time.monotonic() of its last message
+        self.heard = {}              # member id -> time.monotonic() of its last Raft message
+        self._kept_alive = 0.0       # when keepalives last went out
         super().__init__(syncObj, selfNode, otherNodes)
         if self.hooks is not None:
             self.hooks.transport = self
@@ -269,11 +281,21 @@ class GuardedTransport(TCPTransport):
         if self._server is not None:
             self._server.tick()
         self._release()
+        self._keep_alive()
         if self._pending:
             deadline = time.monotonic() - AUTH_TIMEOUT
             for conn, (since, _) in list(self._pending.items()):
                 if since < deadline:
                     self._drop(conn, "no authentication within %gs" % AUTH_TIMEOUT)
+
+    def _keep_alive(self):
+        now = time.monotonic()
+        if now - self._kept_alive < KEEPALIVE:
+            return
+        self._kept_alive = now
+        for node, conn in list(self._connections.items()):
+            if conn.state == CONNECTION_STATE.CONNECTED:
+                self._deliver(node, KEEPALIVE_MESSAGE)
 
     # -- incoming messages ---------------------------------------------------
 
@@ -300,6 +322,8 @@ class GuardedTransport(TCPTransport):
         super()._onDisconnected(conn)
 
     def _onMessageReceived(self, node, message):
+        if message == KEEPALIVE_MESSAGE:
+            return                   # it did its work by arriving: the connection read something
         self.heard[node.id] = time.monotonic()
         super()._onMessageReceived(node, message)
 

@@ -158,6 +158,42 @@ def test_quorum_is_honest_when_connections_stay_up_but_nothing_gets_through(trio
     asyncio.run(main())
 
 
+def on_tick_thread(node, fn):
+    """Run `fn(sync, transport)` once on `node`'s tick thread, where PySyncObj expects its transport used."""
+    done = []
+
+    def once():          # called under PySyncObj's callback lock: it cannot remove itself
+        if not done:
+            done.append(fn(node.sync, node.sync._SyncObj__transport))
+    node.sync.addOnTickCallback(once)
+    try:
+        wait_for(lambda: done, timeout=5, what="a tick on %s" % node.self_addr)
+    finally:
+        node.sync.removeOnTickCallback(once)
+    return done[0]
+
+
+def test_followers_idle_longer_than_the_connection_timeout_still_hear_each_other(trio):
+    # Followers exchange nothing but keepalives until an election; PySyncObj
+    # would close such a link on the first message that uses it (the pre-vote
+    # that should replace a dead leader), and drop that message.
+    async def main():
+        await settled(trio)
+        leader = leader_of(trio)
+        asker, voter = [n for n in trio if n is not leader]
+        await asyncio.sleep(node_module.CONNECTION_TIMEOUT + 1.0)
+        probe = {"type": "test_probe"}          # a type PySyncObj ignores
+        to = next(n for n in asker.sync.otherNodes if n.id == voter.self_addr)
+        heard = voter.sync._SyncObj__transport.heard
+        before = heard.get(asker.self_addr)
+        assert on_tick_thread(asker, lambda sync, transport: transport.send(to, probe)), \
+            "the idle link was closed when used"
+        await until(lambda: heard.get(asker.self_addr) != before, timeout=2, what="the probe to arrive")
+        # Keepalives themselves are not Raft: they never make a member look heard.
+        assert before is None or time.monotonic() - before > node_module.CONNECTION_TIMEOUT
+    asyncio.run(main())
+
+
 def test_a_write_refused_in_a_minority_never_commits_later(trio):
     """Finding 2 of issue 6: refused writes on a cut-off follower committed once the partition healed."""
     async def main():
