@@ -48,6 +48,10 @@ SNOOPING = {"IFLA_BR_MCAST_SNOOPING": 1, "IFLA_BR_MCAST_QUERIER": 1, "IFLA_BR_MC
 NO_SNOOPING = {"IFLA_BR_MCAST_SNOOPING": 0}
 # Not a multicast router port: a group leaves the host only where the bridge MDB says so.
 NOT_A_ROUTER_PORT = 0
+# A container's MAC is pinned to its veth on the bridge: static (the kernel's
+# NUD_NOARP), a bridge entry (NTF_MASTER), and sticky (NTF_STICKY, learning
+# never moves it).
+NUD_NOARP, NTF_MASTER, NTF_STICKY = 0x40, 0x04, 0x40
 
 
 def vxlan_mdb_supported(release=None):
@@ -256,7 +260,24 @@ class Netlink:
                      peer={"ifname": peer, "address": mac, "mtu": mtu})
             link = self.link(host)
         self._set(link, host, mtu=mtu, master=bridge_index, ifalias=alias, state="up")
+        self._pin(host, link["index"], mac)
         return link["index"]
+
+    def _pin(self, host, index, mac):
+        """The bridge sends frames for the container's MAC into its veth, whatever it learned before.
+
+        Swarm hands a freed address to a task on another node at once, and the
+        MAC (derived from the address) moves with it.  A bridge that learned
+        the MAC on its VXLAN port, from the old holder, would drop the frames
+        a sender with a cached ARP entry sends to the new container, until that
+        container happens to speak."""
+        for e in self._do("dump", "bridge FDB of " + host, self.ipr.fdb, "dump", ifindex=index):
+            if e["ifindex"] == index and e.get_attr("NDA_LLADDR") == mac and e["state"] & NUD_NOARP \
+                    and e["flags"] & NTF_STICKY:
+                return
+        log.info("%s: pinning MAC %s to it on its bridge", host, mac)
+        self._do("pin", "MAC %s to %s" % (mac, host), self.ipr.fdb, "replace", ifindex=index, lladdr=mac,
+                 state=NUD_NOARP, flags=NTF_MASTER | NTF_STICKY)
 
     # -- multicast databases (pruned networks, see desired.py) -------------
 

@@ -319,3 +319,43 @@ def test_on_the_legacy_port_the_same_vni_clashes_which_is_why_networks_have_thei
     overlay_device(a, vni, create=False)
     a.reconcile(state, "a")
     assert a.link("shx%d" % vni)["linkinfo"]["info_data"]["port"] == 4789
+
+
+def test_a_mac_that_moves_to_another_host_is_reached_there_at_once(hosts):
+    """Swarm hands a freed address to a task on another node at once, and the MAC follows the address.
+    The bridge there may have learned that MAC on its VXLAN port (from the old holder's replies), and
+    a sender with the MAC in its ARP cache sends no broadcast that would teach it otherwise: unless
+    shoutd pins the MAC to the new veth, the bridge drops the frames until the new container speaks."""
+    a, b = hosts
+    x, y, z = ("8" * 64, "a", "10.50.0.50"), ("9" * 64, "b", "10.50.0.51"), ("a" * 64, "a", "10.50.0.52")
+    state = cluster_state([x, y, z])
+    a.reconcile(state, "a")
+    b.reconcile(state, "b")
+    ns_x, ns_y, ns_z = connect(hosts, [x, y, z])
+    # b's bridge learns x's MAC on the VXLAN port; z caches it in its ARP table.
+    sh("ip netns exec %s busybox ping -c 1 -W 2 10.50.0.50" % ns_y)
+    sh("ip netns exec %s busybox ping -c 1 -W 2 10.50.0.50" % ns_z)
+    # x's address and MAC move to a new endpoint on b, whose container never speaks first
+    # (Docker turns IPv6 off in it, so no DAD or router solicitation either).
+    sh("ip netns del " + ns_x)
+    state.apply({"op": "endpoint_remove", "node": "a", "endpoint": x[0]})
+    moved = ("b" * 64, "b", x[2])
+    state.apply({"op": "ip_allocate", "req": moved[0], "node": "b", "network": "n1", "ip": moved[2]})
+    r = state.apply({"op": "endpoint_add", "network": "n1", "node": "b", "endpoint": moved[0], "ip": moved[2],
+                     "mac": "0a:5d:0a:32:00:32"})
+    assert "error" not in r, r
+    a.reconcile(state, "a")
+    b.reconcile(state, "b")
+    ns = "%s-%s" % (b.name, moved[0][:2])
+    sh("ip netns add " + ns)
+    sh("ip netns exec %s sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1" % ns)
+    sh("ip -n %s link set shc%s netns %s name eth0" % (b.name, moved[0][:12], ns))
+    sh("ip -n %s addr add %s/24 dev eth0" % (ns, moved[2]))
+    sh("ip -n %s link set eth0 up" % ns)
+    try:
+        res = run("ip netns exec %s busybox ping -c 2 -W 2 10.50.0.50" % ns_z, check=False)
+        assert res.returncode == 0, "the moved MAC is not reached on its new host:\n%s" % res.stdout
+    finally:
+        sh("ip netns del " + ns, check=False)
+        for n in (ns_y, ns_z):
+            sh("ip netns del " + n, check=False)
