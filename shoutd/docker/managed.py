@@ -84,10 +84,9 @@ def build(managed_socket):
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
         add("config.json", json.dumps(conf, indent=1).encode())
         add("rootfs", kind=tarfile.DIRTYPE, mode=0o755)
-        for d in DIRECTORIES:
-            parts = d.split("/")
-            for i in range(1, len(parts) + 1):
-                add("rootfs/" + "/".join(parts[:i]), kind=tarfile.DIRTYPE, mode=0o755)
+        # Each directory once, parents first ("run" is the parent of two).
+        for d in sorted({"/".join(d.split("/")[:i]) for d in DIRECTORIES for i in range(1, d.count("/") + 2)}):
+            add("rootfs/" + d, kind=tarfile.DIRTYPE, mode=0o755)
         for link, target in LINKS.items():
             add("rootfs/" + link, kind=tarfile.SYMTYPE, mode=0o777, target=target)
         with open(RELAY, "rb") as f:

@@ -234,7 +234,10 @@ def test_the_legacy_socket_points_swarm_at_the_managed_plugin():
 
 def test_the_plugin_is_a_relay_to_the_managed_socket_and_nothing_else():
     tar = tarfile.open(fileobj=io.BytesIO(managed.build("/run/shoutd/managed.sock")))
-    names = set(tar.getnames())
+    every = tar.getnames()
+    assert len(every) == len(set(every)), "each entry once"
+    names = set(every)
+    assert {"rootfs/run", "rootfs/run/shoutd", "rootfs/run/docker/plugins", "rootfs/usr"} <= names
     conf = json.load(tar.extractfile("config.json"))
     assert conf["entrypoint"][-2:] == ["/run/docker/plugins/shoutd.sock", "/run/shoutd/managed.sock"]
     assert conf["interface"] == {"types": ["docker.networkdriver/1.0"], "socket": "shoutd.sock"}
