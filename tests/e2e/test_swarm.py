@@ -122,7 +122,8 @@ def all_connected(lab, label, hosts=None):
     h = next(x for x in lab.hosts if x.name == host)
     for ip in seen:
         res = h.exec(cid, "ping", "-c", "1", "-W", "2", ip, check=False)
-        assert res.returncode == 0, "%s: %s cannot reach %s" % (label, cid[:12], ip)
+        assert res.returncode == 0, "%s: %s on %s cannot reach %s (%s)" % (
+            label, cid[:12], host, ip, ", ".join("%s on %s" % (c[:12], n) for n, c in seen[ip]))
     return seen
 
 
@@ -378,11 +379,6 @@ def test_a_node_that_leaves_the_swarm_keeps_nothing_and_comes_back_connected(lab
 
 def test_the_leading_manager_killed_leaves_the_network_working_and_swarm_allocating(lab, stack):
     """Three managers; the leader's dockerd is killed: a new leader allocates, and no address is held twice."""
-    if lab.engine.name == "20.10":
-        # Twice in CI on 20.10 (never on 28.5.2, nor in runs of fewer tests here): swarm's Raft first lost
-        # its new leader, then a task on host 2 could not reach 10.0.4.2 after the failover.  Not
-        # understood yet: issue 15 stays open for it.
-        pytest.skip("the leading manager's failover on Docker 20.10 is under investigation (issue 15)")
     h1, h2, h3 = lab.hosts
     node1 = node_id(h1)
     h1.docker("node", "promote", node_id(h2), node_id(h3))
