@@ -99,15 +99,21 @@ async def gateway_check(service, body):
     return {"SkipIPv4": skip4, "SkipIPv6": skip6}
 
 
-async def create_network(service, body):
-    req = api.parse(api.CreateNetwork, body)
-    await service.driver.create_network(req.NetworkID, req.IPv4Data, req.Options)
-    return {}
+def network_calls(handler):
+    """CreateNetwork and DeleteNetwork, served by `handler(service)`: the driver, or swarm's follower."""
+    async def create(service, body):
+        req = api.parse(api.CreateNetwork, body)
+        await handler(service).create_network(req.NetworkID, req.IPv4Data, req.Options)
+        return {}
+
+    async def delete(service, body):
+        await handler(service).delete_network(api.parse(api.DeleteNetwork, body).NetworkID)
+        return {}
+    return create, delete
 
 
-async def delete_network(service, body):
-    await service.driver.delete_network(api.parse(api.DeleteNetwork, body).NetworkID)
-    return {}
+create_network, delete_network = network_calls(lambda service: service.driver)
+swarm_create_network, swarm_delete_network = network_calls(lambda service: service.swarm)
 
 
 async def create_endpoint(service, body):
@@ -166,17 +172,6 @@ async def allocate_network(service, body):
 
 async def free_network(service, body):
     await service.swarm.free(api.parse(api.DeleteNetwork, body).NetworkID)
-    return {}
-
-
-async def swarm_create_network(service, body):
-    req = api.parse(api.CreateNetwork, body)
-    await service.swarm.create_network(req.NetworkID, req.IPv4Data, req.Options)
-    return {}
-
-
-async def swarm_delete_network(service, body):
-    await service.swarm.delete_network(api.parse(api.DeleteNetwork, body).NetworkID)
     return {}
 
 
