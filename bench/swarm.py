@@ -2,16 +2,17 @@
 
     python3 bench/swarm.py [--rounds 3] [--seconds 5] [--engine 20.10|28.5.2]
 
-1. TCP throughput between containers on two nodes, attached to a swarm
-   network of shoutd's (darkkitchen/shoutd:latest) and to an overlay network,
-   against host-to-host TCP on the same underlay.  Runs alternate, because
+1. TCP throughput between service tasks on two nodes, on a swarm network of
+   shoutd's (darkkitchen/shoutd:latest) and on an overlay network, against
+   host-to-host TCP on the same underlay.  Runs alternate, because
    the machine is noisy; each figure is the median of its rounds.
 2. A global service of three tasks, on each network: the time from
    `docker service create` until every task runs, and from `docker service
    rm` until every task is gone.
 3. Scaling a replicated service from 0 to 12 tasks, on each network.
-4. UDP multicast at 20 Mbit/s from a task on node 1 to tasks on nodes 2 and 3:
-   what arrives (the overlay carries no multicast: moby/libnetwork#552).
+4. UDP multicast at 100 Mbit/s from a task on node 1 to the tasks of a
+   service on nodes 2 and 3: what arrives (the overlay carries no multicast:
+   moby/libnetwork#552).
 
 Not a test: nothing here asserts a time.  Needs root and the packages of
 .ci/setup.
@@ -39,6 +40,28 @@ def running(lab, service):
                for h in lab.hosts)
 
 
+def node_id(host):
+    return host.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+
+
+def service(host, name, network, *command, on=None, off=None, mode=("--replicas", "1")):
+    """A dnsrr service on `network`, placed on node `on` or anywhere but `off`."""
+    where = ["--constraint", "node.id==" + on] if on else ["--constraint", "node.id!=" + off] if off else []
+    host.docker("service", "create", "-d", "--name", name, *mode, "--endpoint-mode", "dnsrr", "--network", network,
+                *where, IMAGE, *command)
+
+
+def task(host, name):
+    """The container of `name`'s task on `host`, once it runs."""
+    return wait_for(lambda: (host.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=" + name)
+                             .stdout.split() or [None])[0], timeout=120, what="a task of %s on %s" % (name, host.name))
+
+
+def task_ip(host, cid, network):
+    return host.docker("inspect", "--format", "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % network,
+                       cid).stdout.strip()
+
+
 def timed(action, until, timeout=180):
     began = time.monotonic()
     action()
@@ -49,18 +72,21 @@ def timed(action, until, timeout=180):
 def tcp(lab, rounds, seconds):
     h1, h2 = lab.hosts[:2]
     h2.netns("sh", "-c", "iperf -s -D >/dev/null 2>&1")
-    servers = {}
+    servers, clients = {}, {}
     for kind in NETWORKS:
-        h1.run("c-" + kind, "b-" + kind)
-        h2.run("s-" + kind, "b-" + kind, "iperf", "-s")
-        servers[kind] = h2.container_ip("s-" + kind, "b-" + kind)
+        service(h1, "tc-" + kind, "b-" + kind, "sleep", "1d", on=node_id(h1))
+        service(h1, "ts-" + kind, "b-" + kind, "iperf", "-s", on=node_id(h2))
+        clients[kind] = task(h1, "tc-" + kind)
+        servers[kind] = task_ip(h2, task(h2, "ts-" + kind), "b-" + kind)
     time.sleep(1)
     results = {"underlay": []}
     results.update({kind: [] for kind in NETWORKS})
     for _ in range(rounds):
         results["underlay"].append(host_to_host(h1, h2, seconds))
         for kind, ip in servers.items():
-            results[kind].append(container_to_container(h1, "c-" + kind, ip, seconds))
+            results[kind].append(container_to_container(h1, clients[kind], ip, seconds))
+    for kind in NETWORKS:
+        h1.docker("service", "rm", "tc-" + kind, "ts-" + kind)
     return {k: statistics.median(v) for k, v in results.items()}
 
 
@@ -91,16 +117,19 @@ def multicast(lab, seconds):
     h1, h2, h3 = lab.hosts
     out = {}
     for kind in NETWORKS:
-        for h in (h2, h3):
-            h.run("m%s%d" % (kind, h.n), "b-" + kind, "iperf", "-u", "-s", "-B", "224.3.3.4", "-p", "5003")
-        h1.run("mtx-" + kind, "b-" + kind)
+        service(h1, "mrx-" + kind, "b-" + kind, "iperf", "-u", "-s", "-B", "224.3.3.4", "-p", "5003",
+                off=node_id(h1), mode=("--mode", "global"))
+        service(h1, "mtx-" + kind, "b-" + kind, "sleep", "1d", on=node_id(h1))
+        receivers = {h.n: task(h, "mrx-" + kind) for h in (h2, h3)}
+        sender = task(h1, "mtx-" + kind)
         time.sleep(2)
-        h1.exec("mtx-" + kind, "iperf", "-u", "-c", "224.3.3.4", "-p", "5003", "-T", "2", "-b", "20M", "-t",
+        h1.exec(sender, "iperf", "-u", "-c", "224.3.3.4", "-p", "5003", "-T", "2", "-b", "100M", "-t",
                 str(seconds), timeout=seconds + 30)
         time.sleep(2)
         for h in (h2, h3):
-            reports = [(int(a), int(b)) for a, b in LOSS.findall(h.docker("logs", "m%s%d" % (kind, h.n)).stdout)]
+            reports = [(int(a), int(b)) for a, b in LOSS.findall(h.docker("logs", receivers[h.n]).stdout)]
             out[kind, h.n] = max(reports, key=lambda r: r[1]) if reports else None
+        h1.docker("service", "rm", "mrx-" + kind, "mtx-" + kind)
     return out
 
 
@@ -118,7 +147,7 @@ def main():
             lab.hosts[0].docker("network", "create", "-d", driver, "--attachable", "b-" + kind)
         print("swarm services, Docker %s, 3 nodes, one run (%d rounds)" % (args.engine, args.rounds))
         rates = tcp(lab, args.rounds, args.seconds)
-        print("TCP, container to container across nodes (Mbit/s, median):")
+        print("TCP, task to task across nodes (Mbit/s, median):")
         for kind in ("underlay",) + tuple(NETWORKS):
             print("  %-8s %8.0f   %.2f of the underlay" % (kind, rates[kind], rates[kind] / rates["underlay"]))
         print("  shoutd / overlay: %.2f" % (rates["shoutd"] / rates["overlay"]))
@@ -129,7 +158,7 @@ def main():
         print("  shoutd / overlay: %.2f  %.2f  %.2f" % tuple(times["shoutd"][k] / times["overlay"][k]
                                                           for k in ("up", "down", "scale")))
         got = multicast(lab, args.seconds)
-        print("multicast, 20 Mbit/s from a container on node 1 (lost / sent, per receiving node):")
+        print("multicast, 100 Mbit/s from a task on node 1 to a global service's tasks (lost / sent, per node):")
         for kind in NETWORKS:
             print("  %-8s %s" % (kind, "  ".join("node %d: %s" % (n, "%d / %d" % got[kind, n] if got[kind, n]
                                                                    else "nothing arrived") for n in (2, 3))))
