@@ -246,8 +246,10 @@ class Netlink:
         if link is not None:
             self._set(link, name, state="up")
 
-    def ensure_veth(self, host, peer, mac, mtu, bridge_index, alias):
-        """The host end joins the bridge; the peer waits for Docker to move it."""
+    def ensure_veth(self, host, peer, mac, mtu, bridge_index, alias, pinned=None):
+        """The host end joins the bridge; the peer waits for Docker to move it.
+
+        `pinned`: a dump (see pinned()) taken in this pass, or None."""
         link = self.link(host)
         if link is not None and _info(link)[0] != "veth":
             self.delete(host)
@@ -260,10 +262,16 @@ class Netlink:
                      peer={"ifname": peer, "address": mac, "mtu": mtu})
             link = self.link(host)
         self._set(link, host, mtu=mtu, master=bridge_index, ifalias=alias, state="up")
-        self._pin(host, link["index"], mac)
+        self._pin(host, link["index"], mac, self.pinned() if pinned is None else pinned)
         return link["index"]
 
-    def _pin(self, host, index, mac):
+    def pinned(self):
+        """{(port index, MAC)} of every pinned bridge entry: one dump serves all veths of a pass."""
+        return {(e["ifindex"], e.get_attr("NDA_LLADDR"))
+                for e in self._do("dump", "the bridges' FDBs", self.ipr.fdb, "dump")
+                if e["state"] & NUD_NOARP and e["flags"] & NTF_STICKY}
+
+    def _pin(self, host, index, mac, pinned):
         """The bridge sends frames for the container's MAC into its veth, whatever it learned before.
 
         Swarm hands a freed address to a task on another node at once, and the
@@ -271,10 +279,8 @@ class Netlink:
         the MAC on its VXLAN port, from the old holder, would drop the frames
         a sender with a cached ARP entry sends to the new container, until that
         container happens to speak."""
-        for e in self._do("dump", "bridge FDB of " + host, self.ipr.fdb, "dump", ifindex=index):
-            if e["ifindex"] == index and e.get_attr("NDA_LLADDR") == mac and e["state"] & NUD_NOARP \
-                    and e["flags"] & NTF_STICKY:
-                return
+        if (index, mac) in pinned:
+            return
         log.info("%s: pinning MAC %s to it on its bridge", host, mac)
         self._do("pin", "MAC %s to %s" % (mac, host), self.ipr.fdb, "replace", ifindex=index, lladdr=mac,
                  state=NUD_NOARP, flags=NTF_MASTER | NTF_STICKY)

@@ -68,6 +68,7 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None, firewa
     created = False     # a network or endpoint new to this host: where br_netfilter may have come since
     before_ids = {n.id for n in before_nets}
     mdb = None         # one dump for the pass: each network's MDB ensures touch only its own devices
+    pinned = None      # the same for the MACs pinned to veths
     for net in networks:
         if net in before_nets:
             continue
@@ -91,7 +92,9 @@ def program(nl, networks, endpoints, underlay, previous=None, fence=None, firewa
         created = True
         if ep.bridge not in bridges:
             bridges[ep.bridge] = nl.index(ep.bridge)
-        nl.ensure_veth(ep.host, ep.peer, ep.mac, mtu, bridges[ep.bridge], "shoutd " + ep.label)
+        if pinned is None:
+            pinned = nl.pinned()
+        nl.ensure_veth(ep.host, ep.peer, ep.mac, mtu, bridges[ep.bridge], "shoutd " + ep.label, pinned)
     wanted = {ep.host for ep in endpoints} | {ep.peer for ep in endpoints}
     wanted |= {net.bridge for net in networks} | {net.vxlan for net in networks}
     if previous is None:
