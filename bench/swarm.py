@@ -36,12 +36,7 @@ NETWORKS = {"shoutd": PLUGIN, "overlay": "overlay"}
 
 
 def running(lab, service):
-    return sum(len(h.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=" + service).stdout.split())
-               for h in lab.hosts)
-
-
-def node_id(host):
-    return host.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    return sum(len(h.tasks(service)) for h in lab.hosts)
 
 
 def service(host, name, network, *command, on=None, off=None, mode=("--replicas", "1")):
@@ -53,13 +48,7 @@ def service(host, name, network, *command, on=None, off=None, mode=("--replicas"
 
 def task(host, name):
     """The container of `name`'s task on `host`, once it runs."""
-    return wait_for(lambda: (host.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=" + name)
-                             .stdout.split() or [None])[0], timeout=120, what="a task of %s on %s" % (name, host.name))
-
-
-def task_ip(host, cid, network):
-    return host.docker("inspect", "--format", "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % network,
-                       cid).stdout.strip()
+    return wait_for(lambda: host.tasks(name), timeout=120, what="a task of %s on %s" % (name, host.name))[0]
 
 
 def timed(action, until, timeout=180):
@@ -74,10 +63,10 @@ def tcp(lab, rounds, seconds):
     h2.netns("sh", "-c", "iperf -s -D >/dev/null 2>&1")
     servers, clients = {}, {}
     for kind in NETWORKS:
-        service(h1, "tc-" + kind, "b-" + kind, "sleep", "1d", on=node_id(h1))
-        service(h1, "ts-" + kind, "b-" + kind, "iperf", "-s", on=node_id(h2))
+        service(h1, "tc-" + kind, "b-" + kind, "sleep", "1d", on=h1.node_id())
+        service(h1, "ts-" + kind, "b-" + kind, "iperf", "-s", on=h2.node_id())
         clients[kind] = task(h1, "tc-" + kind)
-        servers[kind] = task_ip(h2, task(h2, "ts-" + kind), "b-" + kind)
+        servers[kind] = h2.container_ip(task(h2, "ts-" + kind), "b-" + kind)
     time.sleep(1)
     results = {"underlay": []}
     results.update({kind: [] for kind in NETWORKS})
@@ -118,8 +107,8 @@ def multicast(lab, seconds):
     out = {}
     for kind in NETWORKS:
         service(h1, "mrx-" + kind, "b-" + kind, "iperf", "-u", "-s", "-B", "224.3.3.4", "-p", "5003",
-                off=node_id(h1), mode=("--mode", "global"))
-        service(h1, "mtx-" + kind, "b-" + kind, "sleep", "1d", on=node_id(h1))
+                off=h1.node_id(), mode=("--mode", "global"))
+        service(h1, "mtx-" + kind, "b-" + kind, "sleep", "1d", on=h1.node_id())
         receivers = {h.n: task(h, "mrx-" + kind) for h in (h2, h3)}
         sender = task(h1, "mtx-" + kind)
         time.sleep(2)

@@ -293,6 +293,14 @@ class Host:
     def exec(self, container, *cmd, check=True, timeout=120):
         return self.docker("exec", container, *cmd, check=check, timeout=timeout)
 
+    def node_id(self):
+        """This host's swarm node id (every lab host has the machine's hostname, so ids tell them apart)."""
+        return self.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+
+    def tasks(self, service):
+        """The containers of `service`'s running tasks on this host."""
+        return self.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=" + service).stdout.split()
+
     def container_ip(self, container, network):
         out = self.docker("inspect", container).stdout
         return json.loads(out)[0]["NetworkSettings"]["Networks"][network]["IPAddress"]

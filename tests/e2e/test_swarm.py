@@ -92,8 +92,7 @@ def converged(lab, service, count):
 
 def tasks(lab, service, hosts=None):
     """[(host, container id)] of the running tasks of `service`, on every node (or on `hosts`)."""
-    return [(h, cid) for h in hosts or lab.hosts for cid in h.docker(
-        "ps", "-q", "--filter", "label=com.docker.swarm.service.name=" + service).stdout.split()]
+    return [(h, cid) for h in hosts or lab.hosts for cid in h.tasks(service)]
 
 
 def mesh_addresses(lab, hosts=None):
@@ -125,11 +124,6 @@ def all_connected(lab, label, hosts=None):
         assert res.returncode == 0, "%s: %s on %s cannot reach %s (%s)" % (
             label, cid[:12], host, ip, ", ".join("%s on %s" % (c[:12], n) for n, c in seen[ip]))
     return seen
-
-
-def node_id(host):
-    """The host's swarm node id (every lab host has the machine's hostname)."""
-    return host.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
 
 
 def kernel_veths(host):
@@ -293,7 +287,7 @@ def test_scaling_rolling_updates_and_draining_keep_addresses_unique_and_connecte
                                               "st_r").stdout, timeout=120, what="the rolling update of st_r")
     converged(lab, "st_r", 2)
     all_connected(lab, "after a rolling update")
-    node2 = node_id(h2)
+    node2 = h2.node_id()
     h1.docker("node", "update", "--availability", "drain", node2)
     try:
         wait_for(lambda: not h2.docker("ps", "-q", "--filter", "network=" + MESH).stdout.strip(), timeout=120,
@@ -363,7 +357,7 @@ def test_a_docker_run_container_and_a_compose_project_reach_services_by_name(lab
 
 def test_a_node_that_leaves_the_swarm_keeps_nothing_and_comes_back_connected(lab, stack):
     h1, _, h3 = lab.hosts
-    node3 = node_id(h3)
+    node3 = h3.node_id()
     h3.docker("swarm", "leave", timeout=120)
     wait_for(lambda: not h3.docker("ps", "-q", "--filter", "label=com.docker.swarm.task.id").stdout.strip(),
              timeout=60, what="no task left on " + h3.name)
@@ -380,8 +374,8 @@ def test_a_node_that_leaves_the_swarm_keeps_nothing_and_comes_back_connected(lab
 def test_the_leading_manager_killed_leaves_the_network_working_and_swarm_allocating(lab, stack):
     """Three managers; the leader's dockerd is killed: a new leader allocates, and no address is held twice."""
     h1, h2, h3 = lab.hosts
-    node1 = node_id(h1)
-    h1.docker("node", "promote", node_id(h2), node_id(h3))
+    node1 = h1.node_id()
+    h1.docker("node", "promote", h2.node_id(), h3.node_id())
     wait_for(lambda: h1.docker("node", "ls", "--format", "{{.ManagerStatus}}").stdout.split().count("Reachable") == 2,
              timeout=60, what="hosts 2 and 3 reachable managers")
     try:
