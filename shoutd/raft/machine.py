@@ -130,6 +130,7 @@ class LoopReplica:
         self._loop = None
         self._waiters = []               # (seq, future)
         self._on_change = lambda: None
+        self.on_apply = None             # (kind, payload) after each item: the replica feed (feed.py)
 
     def attach(self, loop, on_change):
         self._loop = loop
@@ -149,6 +150,8 @@ class LoopReplica:
             else:
                 self.state.apply(payload)
             self.applied = seq
+            if self.on_apply is not None:
+                self.on_apply(kind, payload)
         if more:
             self._loop.call_soon(self._drain)
         if batch:

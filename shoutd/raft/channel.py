@@ -1,0 +1,123 @@
+"""An authenticated, encrypted channel for JSON messages between hosts, on asyncio streams.
+
+The replica feed (feed.py) carries the cluster state to hosts outside Raft,
+and their writes back.  PySyncObj's transport pickles what it receives, so it
+is no place for a new protocol; this channel never unpickles, and opens
+nothing that does not prove the cluster secret:
+- each side first sends a magic string and a random nonce in the clear;
+- both derive the session key from the cluster secret and both nonces
+  (HMAC-SHA256 over a PBKDF2 key, computed once per process and secret), so
+  a frame recorded in one session means nothing in another;
+- every frame after that is sealed with AES-GCM under a counter of its
+  direction: a frame replayed, dropped, reordered or sent back to its sender
+  fails to open, and the channel closes.
+Frames are length-prefixed.  A frame that announces more than MAX_FRAME, or
+any frame before the other side's nonce, ends the channel before anything is
+buffered or parsed.
+"""
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import json
+import os
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"shoutd-feed/1\n"
+NONCE = 16
+MAX_FRAME = 64 << 20          # a snapshot of a big state is a few MiB
+HANDSHAKE_TIMEOUT = 5.0       # seconds for the other side's nonce and first sealed frame
+_HEADER = struct.Struct("!I")
+_SALT = b"shoutd replica feed"
+
+
+class ChannelError(Exception):
+    """The other side is not a member, broke the protocol, or went away."""
+
+
+@functools.lru_cache(maxsize=4)
+def _master_key(secret: str) -> bytes:
+    # Slow on purpose (a stolen transcript gives nothing cheap to guess
+    # against), so computed once per secret, not per connection.
+    return hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), _SALT, 200_000)
+
+
+class Channel:
+    """One end of an open channel: `send` and `receive` JSON objects."""
+
+    def __init__(self, reader, writer, key, initiator):
+        self._reader, self._writer = reader, writer
+        self._aead = AESGCM(key)
+        self._out_tag, self._in_tag = (b"c", b"s") if initiator else (b"s", b"c")
+        self._sent = self._received = 0
+        self.peer = writer.get_extra_info("peername")
+
+    @classmethod
+    async def open(cls, reader, writer, secret, initiator, timeout=HANDSHAKE_TIMEOUT):
+        """Exchange nonces and derive the session key; the first `receive` then proves the other side."""
+        mine = os.urandom(NONCE)
+        writer.write(MAGIC + mine)
+        try:
+            await asyncio.wait_for(writer.drain(), timeout)
+            hello = await asyncio.wait_for(reader.readexactly(len(MAGIC) + NONCE), timeout)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError) as e:
+            raise ChannelError("no handshake: %s" % (type(e).__name__,)) from None
+        if not hello.startswith(MAGIC):
+            raise ChannelError("not a shoutd replica feed (wrong port, or an older shoutd there)")
+        theirs = hello[len(MAGIC):]
+        client, server = (mine, theirs) if initiator else (theirs, mine)
+        key = hmac.new(_master_key(secret), b"session" + client + server, hashlib.sha256).digest()
+        return cls(reader, writer, key, initiator)
+
+    @staticmethod
+    def _nonce(tag, counter):
+        return tag + counter.to_bytes(11, "big")
+
+    def send(self, message: dict) -> None:
+        """Queue one message; the caller drains (see `backlog`)."""
+        data = json.dumps(message, separators=(",", ":")).encode("utf-8")
+        sealed = self._aead.encrypt(self._nonce(self._out_tag, self._sent), data, None)
+        self._sent += 1
+        self._writer.write(_HEADER.pack(len(sealed)) + sealed)
+
+    async def drain(self):
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise ChannelError("connection lost: %s" % e) from None
+
+    def backlog(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return self._writer.transport.get_write_buffer_size()
+
+    async def receive(self, timeout=None) -> dict:
+        try:
+            header = await asyncio.wait_for(self._reader.readexactly(_HEADER.size), timeout)
+            (size,) = _HEADER.unpack(header)
+            if size > MAX_FRAME:
+                raise ChannelError("a frame of %d bytes announced (at most %d)" % (size, MAX_FRAME))
+            sealed = await asyncio.wait_for(self._reader.readexactly(size), timeout)
+        except asyncio.TimeoutError:
+            raise ChannelError("silent for %gs" % timeout) from None
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            raise ChannelError("connection closed") from None
+        try:
+            data = self._aead.decrypt(self._nonce(self._in_tag, self._received), sealed, None)
+        except InvalidTag:
+            raise ChannelError("a frame that does not open with the cluster secret "
+                               "(a different secret there, or not a member)") from None
+        self._received += 1
+        try:
+            message = json.loads(data)
+        except ValueError:
+            raise ChannelError("a sealed frame that is not JSON") from None
+        if not isinstance(message, dict):
+            raise ChannelError("a message that is not an object")
+        return message
+
+    def close(self):
+        self._writer.close()

@@ -1,0 +1,182 @@
+"""The replica feed, replica side: the cluster's state without a vote, through one voter.
+
+A replica holds the whole state and follows every change (feed.py sends
+them), over one channel to one voter.  Which voter: the first that answers,
+starting at a place chosen by the replica's own name, so that replicas spread
+over the voters.  When the channel breaks (the voter died, or was silent for
+DEAD_AFTER), the replica tries the next, and catches up from the count it
+holds: the ops it missed, or the state whole.
+
+Writes go to the voter, which proposes them (feed.py).  Every write carries
+its request id from the start, so a write resent to the next voter after a
+broken channel takes effect once (the state remembers requests).  A write not
+answered within its timeout may still take effect; the replica then
+withdraws it, as RaftNode does for its own writes.
+
+Every op arrives with the count and digest it gives: a replica that would
+disagree with its voter drops what it holds and takes the state whole.
+"""
+
+import asyncio
+import itertools
+import logging
+import zlib
+
+from ..errors import OUTCOME_UNKNOWN, UNAVAILABLE, ShoutdError
+from ..state import ClusterState, ops
+from .channel import HANDSHAKE_TIMEOUT, Channel, ChannelError
+from .feed import DEAD_AFTER, PING, replica_state
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 3.0
+RETRY_PAUSE = 0.5           # between two voters that did not answer
+SUBMIT_TIMEOUT = 10.0
+SETTLE_FOR = 120.0          # how long an unanswered write is withdrawn before giving up
+
+
+class Follower:
+    """Follows the cluster through a voter; `state` is the replica's copy, read on the loop."""
+
+    def __init__(self, node, secret, voters, on_change=lambda: None):
+        self.node = node
+        self._secret = secret
+        self._voters = voters       # () -> the voters' feed addresses, "host:port"
+        self._on_change = on_change
+        self.state = ClusterState()
+        self.voter = None           # the feed address of the voter followed now
+        self.taken_whole = 0        # snapshots received: a replica back from a short absence needs none
+        self._channel = None
+        self._pending = {}          # id -> (op, future)
+        self._ids = itertools.count(1)
+        self._task = None
+        self.connected = asyncio.Event()
+
+    def start(self):
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self):
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _order(self):
+        voters = sorted(self._voters())
+        if not voters:
+            return []
+        first = zlib.crc32(self.node.encode()) % len(voters)
+        return voters[first:] + voters[:first]
+
+    async def _run(self):
+        while True:
+            voters = self._order()
+            for addr in voters:
+                try:
+                    await self._follow(addr)
+                except (ChannelError, OSError, asyncio.TimeoutError) as e:
+                    if self.voter is not None:
+                        log.warning("replica lost voter %s: %s", self.voter, e)
+                    else:
+                        log.info("voter %s does not serve this replica: %s", addr, e or type(e).__name__)
+                finally:
+                    self._lost()
+                await asyncio.sleep(RETRY_PAUSE)
+            if not voters:
+                await asyncio.sleep(RETRY_PAUSE)
+
+    def _lost(self):
+        self.voter, self._channel = None, None
+        self.connected.clear()
+
+    async def _follow(self, addr):
+        host, port = addr.rsplit(":", 1)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT)
+        channel = await Channel.open(reader, writer, self._secret, initiator=True)
+        try:
+            channel.send({"t": "hello", "node": self.node, "at": list(self.state.applied)})
+            welcome = await channel.receive(HANDSHAKE_TIMEOUT)
+            if welcome.get("t") != "welcome":
+                raise ChannelError("no welcome: %r" % (welcome.get("t"),))
+            self.voter, self._channel = addr, channel
+            self.connected.set()
+            log.info("replica follows voter %s (%s)", addr, welcome.get("voter"))
+            for rid, (op, _) in self._pending.items():
+                channel.send({"t": "submit", "id": rid, "op": op})     # same request ids: applied once
+            pinger = asyncio.ensure_future(self._ping(channel))
+            try:
+                while True:
+                    self._handle(await channel.receive(DEAD_AFTER))
+            finally:
+                pinger.cancel()
+        finally:
+            channel.close()
+
+    async def _ping(self, channel):
+        while True:
+            await asyncio.sleep(PING)
+            channel.send({"t": "ping"})
+            await channel.drain()
+
+    def _handle(self, message):
+        kind = message.get("t")
+        if kind == "op":
+            at = message.get("at")
+            if at != self.state.applied[0] + 1:
+                raise ChannelError("op %r arrived after op %d: a gap" % (at, self.state.applied[0]))
+            self.state.apply(message.get("op"))
+            if self.state.applied[1] != message.get("digest") and not self.state.halted:
+                self.state = ClusterState()      # disagrees with the voter: take the state whole
+                raise ChannelError("op %d left this replica with another digest than its voter's" % at)
+            self._on_change()
+        elif kind == "snapshot":
+            self.state = replica_state(message)
+            self.taken_whole += 1
+            log.info("replica took the state whole at op %d", self.state.applied[0])
+            self._on_change()
+        elif kind == "result":
+            entry = self._pending.get(message.get("id"))
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(message)
+
+    async def submit(self, op, timeout=SUBMIT_TIMEOUT):
+        """Replicate `op` through the voter; its value, or ShoutdError as RaftNode.submit raises."""
+        ops.check_proposable(op, self.state)
+        op = dict(op)
+        op.setdefault("req", ops.new_request_id())
+        try:
+            answer = await self._request(op, timeout)
+        except asyncio.TimeoutError:
+            asyncio.ensure_future(self._settle(op))
+            raise ShoutdError("no voter confirmed %s within %gs (%s); shoutd withdraws it if it took effect. "
+                              "Try again once a voter answers" % (op.get("op"), timeout, self._where()),
+                              UNAVAILABLE, OUTCOME_UNKNOWN) from None
+        if "error" in answer:
+            raise ShoutdError(str(answer["error"]), str(answer.get("kind")), answer.get("name"))
+        return answer.get("value")
+
+    async def _request(self, op, timeout):
+        """The voter's answer to `op`, sent now and again on every new channel until it comes."""
+        rid = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (op, fut)
+        if self._channel is not None:
+            self._channel.send({"t": "submit", "id": rid, "op": op})
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+
+    def _where(self):
+        if self.voter is not None:
+            return "following voter %s" % self.voter
+        return "no voter reachable of %s" % (", ".join(self._order()) or "none known")
+
+    async def _settle(self, op):
+        withdraw = ops.withdraw(self.node, op["req"])
+        try:
+            answer = await self._request(withdraw, SETTLE_FOR)
+        except asyncio.TimeoutError:
+            log.error("could not withdraw %s %s within %gs: it may hold what it took", op.get("op"), op["req"],
+                      SETTLE_FOR)
+            return
+        log.info("withdrew %s %s: %s", op.get("op"), op["req"], answer.get("error") or "done")

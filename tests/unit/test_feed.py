@@ -1,0 +1,238 @@
+"""Replicas through the replica feed, on loopback: three real Raft voters (PySyncObj), each serving the feed.
+
+A replica here is a Follower (raft/replica.py): it holds the state, follows
+every change through one voter, writes through it, and moves to another
+voter when its own goes.  The channel (raft/channel.py) is the real one.
+"""
+
+import asyncio
+import json
+import socket
+import struct
+
+import pytest
+
+from shoutd.errors import ShoutdError
+from shoutd.raft import channel as channel_module
+from shoutd.raft import feed as feed_module
+from shoutd.raft.feed import Feed
+from shoutd.raft.replica import Follower
+from shoutd.state import ClusterState
+
+from ..support import free_ports, until
+from .test_raft import POOL, SECRET, build, settled
+
+
+class Voters:
+    """Three voters, each with its feed on its own port."""
+
+    def __init__(self):
+        self.nodes = build(3)
+        self.ports = free_ports(3)
+        self.feeds = []
+
+    async def start(self):
+        await settled(self.nodes)
+        for node, port in zip(self.nodes, self.ports):
+            feed = Feed(node.self_addr, SECRET, lambda node=node: node.state, node.submit)
+            node.replica.on_apply = feed.applied
+            await feed.start("127.0.0.1", port)
+            self.feeds.append(feed)
+        return self
+
+    def addresses(self):
+        return ["127.0.0.1:%d" % p for p, f in zip(self.ports, self.feeds) if f is not None]
+
+    def serving(self, follower):
+        return self.ports.index(int(follower.voter.rsplit(":", 1)[1]))
+
+    async def kill(self, i):
+        await self.feeds[i].stop()
+        self.feeds[i] = None
+        self.nodes[i].destroy()
+
+    def alive(self):
+        return [n for n, f in zip(self.nodes, self.feeds) if f is not None]
+
+    def close(self):
+        for n in self.nodes:
+            n.destroy()
+
+
+@pytest.fixture
+def voters():
+    v = Voters()
+    yield v
+    v.close()
+
+
+async def replica(voters, name="replica-1:7380"):
+    follower = Follower(name, SECRET, voters.addresses)
+    follower.start()
+    await asyncio.wait_for(follower.connected.wait(), 10)
+    return follower
+
+
+async def same_state(follower, nodes):
+    await until(lambda: follower.state.applied == nodes[0].state.applied, what="the replica caught up")
+    assert follower.state.data == nodes[0].state.data
+
+
+def test_a_replica_holds_the_state_follows_it_and_writes_its_own_records_through_a_voter(voters):
+    async def main():
+        await voters.start()
+        net = await voters.nodes[0].submit({"op": "network_reserve", "req": "n1", "node": "a", **POOL})
+        follower = await replica(voters)
+        await same_state(follower, voters.nodes)             # taken whole at first
+        ip = await voters.nodes[1].submit({"op": "ip_allocate", "node": "b", "network": net["id"]})
+        await until(lambda: ip in follower.state.networks["n1"]["addresses"], what="a voter's write")
+        mine = await follower.submit({"op": "ip_allocate", "node": "replica-1:7380", "network": net["id"]})
+        # Read your own write: the op came down the channel before its answer.
+        assert follower.state.networks["n1"]["addresses"][mine]["node"] == "replica-1:7380"
+        await until(lambda: all(mine in n.state.networks["n1"]["addresses"] for n in voters.nodes))
+        await same_state(follower, voters.nodes)
+        await follower.stop()
+    asyncio.run(main())
+
+
+def test_a_replica_s_write_to_another_host_s_record_is_refused_and_changes_nothing(voters):
+    async def main():
+        await voters.start()
+        net = await voters.nodes[0].submit({"op": "network_reserve", "req": "n1", "node": "a", **POOL})
+        follower = await replica(voters)
+        before = voters.nodes[0].state.applied
+        for op in ({"op": "ip_allocate", "node": "a", "network": net["id"]},
+                   {"op": "groups_withdraw", "node": "replica-1:7380", "member": "a"}):
+            with pytest.raises(ShoutdError) as err:
+                await follower.submit(op)
+            assert "replica-1:7380 may write only its own records" in str(err.value)
+        assert voters.nodes[0].state.applied == before
+        # A refusal by the state machine reaches the replica as the voter's would.
+        with pytest.raises(ShoutdError) as err:
+            await follower.submit({"op": "ip_allocate", "node": "replica-1:7380", "network": "nope"})
+        assert "does not exist" in str(err.value)
+        await follower.stop()
+    asyncio.run(main())
+
+
+def test_a_replica_whose_voter_dies_follows_another_and_catches_up_on_what_it_missed(voters):
+    async def main():
+        await voters.start()
+        net = await voters.nodes[0].submit({"op": "network_reserve", "req": "n1", "node": "a", **POOL})
+        follower = await replica(voters)
+        await same_state(follower, voters.nodes)
+        gone = voters.serving(follower)
+        await voters.kill(gone)
+        alive = voters.alive()
+        await settled(alive)
+        for _ in range(20):
+            await alive[0].submit({"op": "ip_allocate", "node": "a", "network": net["id"]})
+        await until(lambda: follower.voter is not None and voters.serving(follower) != gone,
+                    what="the replica follows another voter")
+        await same_state(follower, alive)
+        ip = await follower.submit({"op": "ip_allocate", "node": "replica-1:7380", "network": net["id"]})
+        assert ip in alive[1].state.networks["n1"]["addresses"]
+        await follower.stop()
+    asyncio.run(main())
+
+
+def test_a_replica_that_comes_back_from_far_behind_takes_the_state_whole(voters, monkeypatch):
+    monkeypatch.setattr(feed_module, "TAIL", 5)
+    async def main():
+        await voters.start()
+        net = await voters.nodes[0].submit({"op": "network_reserve", "req": "n1", "node": "a", **POOL})
+        follower = await replica(voters)
+        await same_state(follower, voters.nodes)
+        await follower.stop()
+        held, whole = follower.state.applied, follower.taken_whole
+        for _ in range(3):
+            await voters.nodes[0].submit({"op": "ip_allocate", "node": "a", "network": net["id"]})
+        # Within the tail: only the missed ops come (counted), no snapshot.
+        follower.start()
+        await same_state(follower, voters.nodes)
+        assert follower.state.applied[0] == held[0] + 3 and follower.taken_whole == whole
+        await follower.stop()
+        for _ in range(10):
+            await voters.nodes[0].submit({"op": "ip_allocate", "node": "a", "network": net["id"]})
+        follower.start()
+        await same_state(follower, voters.nodes)
+        assert follower.taken_whole == whole + 1
+        await follower.stop()
+    asyncio.run(main())
+
+
+def test_a_replica_that_disagrees_with_its_voter_drops_its_copy_and_takes_the_state_whole(voters):
+    async def main():
+        await voters.start()
+        follower = await replica(voters)
+        await same_state(follower, voters.nodes)
+        await follower.stop()
+        # Same count, another history: the voter cannot tell the ops after it.
+        forged = ClusterState(json.loads(json.dumps(follower.state.data)))
+        forged.data["log"]["digest"] = "0" * 16
+        follower.state = forged
+        follower.start()
+        await until(lambda: follower.state.applied[1] != "0" * 16, what="the state taken whole")
+        await same_state(follower, voters.nodes)
+        await follower.stop()
+    asyncio.run(main())
+
+
+def test_the_state_crosses_the_channel_as_json_unchanged(voters):
+    async def main():
+        await voters.start()
+        net = await voters.nodes[0].submit({"op": "network_reserve", "req": "n1", "node": "a", **POOL})
+        for i in range(5):
+            ip = await voters.nodes[0].submit({"op": "ip_allocate", "node": "a", "network": net["id"]})
+            await voters.nodes[0].submit({"op": "endpoint_add", "node": "a", "network": net["id"],
+                                          "endpoint": "%064x" % i, "ip": ip, "mac": "02:00:00:00:00:%02x" % i})
+        follower = await replica(voters)
+        await same_state(follower, voters.nodes)
+        assert follower.state.endpoints_of("n1") == voters.nodes[0].state.endpoints_of("n1")
+        await follower.stop()
+    asyncio.run(main())
+
+
+def stranger(port, first):
+    """Connect to a feed, send `first`, and return what comes back before it hangs up (at most 1 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(first)
+        s.settimeout(6)
+        got = b""
+        while True:
+            try:
+                data = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                return got, False
+            if not data:
+                return got, True
+            got += data
+
+
+def test_strangers_get_a_nonce_and_nothing_else(voters, monkeypatch):
+    monkeypatch.setattr(channel_module, "HANDSHAKE_TIMEOUT", 1.0)
+    monkeypatch.setattr(feed_module, "HANDSHAKE_TIMEOUT", 1.0)
+    async def main():
+        await voters.start()
+        port = voters.ports[0]
+        magic = channel_module.MAGIC
+        cases = [
+            b"GET / HTTP/1.0\r\n\r\n",                                       # not the protocol
+            magic + b"n" * 16 + struct.pack("!I", 1 << 30),                  # a 1 GiB frame announced
+            magic + b"n" * 16 + struct.pack("!I", 40) + b"x" * 40,           # sealed with another key
+            magic + b"n" * 16,                                               # silent after the nonce
+        ]
+        for first in cases:
+            got, closed = await asyncio.get_running_loop().run_in_executor(None, stranger, port, first)
+            assert closed, "the feed kept a stranger's connection (%r)" % first[:20]
+            assert len(got) == len(magic) + 16, "the feed told a stranger more than its nonce (%r)" % first[:20]
+        assert voters.feeds[0].sessions == {}
+        # A replica with another secret is refused the same way.
+        other = Follower("replica-9:7380", "another-secret-0123456789", lambda: voters.addresses()[:1])
+        other.start()
+        await asyncio.sleep(1.5)
+        assert not other.connected.is_set() and other.state.applied[0] == 0
+        await other.stop()
+        follower = await replica(voters)                                   # and the feed still serves
+        await follower.stop()
+    asyncio.run(main())
