@@ -121,9 +121,9 @@ def leader_change(when, now=None):
 
 
 def show_members(st):
-    releases = st.get("Releases", {})
-    print(table([list(m) + [releases.get(m[0]) or "-"] for m in st["Members"]],
-                ["MEMBER", "VTEP", "HOST", "STATE", "RELEASE"]))
+    releases, roles = st.get("Releases", {}), st.get("Roles", {})
+    print(table([list(m) + [roles.get(m[0]) or "voter", releases.get(m[0]) or "-"] for m in st["Members"]],
+                ["MEMBER", "VTEP", "HOST", "STATE", "ROLE", "RELEASE"]))
 
 
 def show_networks(st):
@@ -175,6 +175,7 @@ def as_json(st, part=None):
            "halted": st.get("Halted")}
     for m in out["members"]:
         m["release"] = st.get("Releases", {}).get(m["address"], "")
+        m["role"] = st.get("Roles", {}).get(m["address"], "voter")
     modes = {m[0]: (m[1], {g: hosts for g, hosts in m[2]}) for m in st.get("Multicast", [])}
     for n in out["networks"]:
         n["multicast"], n["groups"] = modes.get(network_label(n), ("", {}))

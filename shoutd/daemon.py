@@ -35,6 +35,7 @@ from .raft import (JOIN, VERSION, JoinRequests, MemberFile, RaftNode, answer_ver
                    check_pysyncobj)
 from .service import Service
 from .state import EVERYTHING, ENDPOINTS, GROUPS, MEMBERS, NETWORKS, STATE_VERSION
+from .roles import VoterRecord
 from .versions import Versions, check_state_version, remember_state_version
 
 log = logging.getLogger("shoutd")
@@ -153,6 +154,8 @@ class Daemon:
                              self.service.cluster.making_replica)
         self.listeners = Listeners(worker, self.node, raft, raft.submit)
         self.versions = Versions(self.node, raft, raft.submit, cfg.advertise_address, socket.gethostname())
+        self.voter_record = VoterRecord(self.node, raft, raft.submit)
+        self._voters = None
         self.dbus = None
         self._role = None
         self._version_kept = 0
@@ -184,6 +187,9 @@ class Daemon:
         self._silent = status.silent
         if parts & {MEMBERS} or status.role != self._role:
             self.versions.kick()
+        if parts & {MEMBERS} or status.role != self._role or set(status.nodes) != self._voters:
+            self.voter_record.kick()
+            self._voters = set(status.nodes)
         self._role = status.role
         if self.raft.state.version > self._version_kept:
             self._version_kept = self.raft.state.version
@@ -274,6 +280,7 @@ class Daemon:
         self.mirror.start()
         self.listeners.start()
         self.versions.start()
+        self.voter_record.start()
         await self.connect_dbus()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
@@ -289,6 +296,7 @@ class Daemon:
                 task.cancel()
             await self.listeners.stop()
             await self.versions.stop()
+            await self.voter_record.stop()
             await self.mirror.stop()
             await self.reconciler.stop()
             await runner.cleanup()

@@ -68,7 +68,9 @@ def status_variant(st):
             "StateVersion": Variant("u", int(st["state_version"])),
             "RunsStateVersion": Variant("u", int(st["runs_state_version"])),
             "Halted": Variant("s", st["halted"]),
-            "Releases": Variant("a{ss}", dict(st["releases"]))}
+            "Releases": Variant("a{ss}", dict(st["releases"])),
+            # Each member's role: "voter" (in Raft) or "replica" (follows the state through a voter).
+            "Roles": Variant("a{ss}", dict(st["roles"]))}
 
 
 class ShoutdInterface(ServiceInterface):

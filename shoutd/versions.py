@@ -2,7 +2,7 @@
 
 Two steps, each taken on whatever host it concerns:
 - The leader raises the cluster's version, by the op cluster_version, once
-  every member of the Raft cluster has registered from a release that runs
+  every member, voter or replica, has registered from a release that runs
   it.  A member not heard of yet (just added), or registered by an older
   release, holds it back; the op never lowers it.
 - Then every host reports what the new version lets it report (today: its
@@ -51,9 +51,10 @@ class Versions(KickLoop):
         state, status = self.view.state, self.view.status
         if status.role != "leader":
             return
-        voters = set(status.nodes)
-        known = {m: rec["version"] for m, rec in state.members.items() if m in voters}
-        if voters - set(known):
+        # Replicas (roles.py) apply the same log as the voters: they hold it back too.
+        everyone = set(status.nodes) | set(state.members)
+        known = {m: rec["version"] for m, rec in state.members.items()}
+        if everyone - set(known):
             return                        # a member that has not registered yet: its release is unknown
         target = min(min(known.values()), STATE_VERSION)
         before = state.version

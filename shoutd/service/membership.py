@@ -78,7 +78,9 @@ class Membership:
         raft = self.cluster.raft
         st, state = raft.status, self.cluster.state()
         members = []
-        for addr, conn in sorted(st.nodes.items()):
+        # Voters are Raft's members; replicas (roles.py) are registered members outside Raft.
+        replicas = {m: "replica" for m in state.members if m not in st.nodes}
+        for addr, conn in sorted({**st.nodes, **replicas}.items()):
             rec = state.members.get(addr, {})
             members.append({"address": addr, "vtep": rec.get("advertise", ""), "hostname": rec.get("hostname", ""),
                             "state": "leader" if addr == st.leader else conn})
@@ -95,7 +97,8 @@ class Membership:
                 "firewall": list(self.cluster.firewall.problems),
                 "leader_changed": st.leader_changed, "slowest_flush": raft.slowest_flush(),
                 "state_version": state.version, "runs_state_version": STATE_VERSION, "halted": raft.halted or "",
-                "releases": {m: rec.get("release", "") for m, rec in state.members.items()}}
+                "releases": {m: rec.get("release", "") for m, rec in state.members.items()},
+                "roles": {m["address"]: "replica" if m["address"] in replicas else "voter" for m in members}}
 
     def _groups(self, state, net):
         """[(group, ["hostname (VTEP)"])] of a pruned network: who listens to what."""

@@ -92,6 +92,11 @@ class ClusterState:
         changed, self.changed = self.changed, set()
         return changed
 
+    def role(self, member) -> str:
+        """"voter" or "replica" (raft/feed.py); before state version 6 every member votes."""
+        voters = self.data["voters"]
+        return "voter" if not voters or member in voters else "replica"
+
     def network_by_name(self, name):
         return next((n for n in self.networks.values() if n["name"] == name), None)
 

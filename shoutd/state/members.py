@@ -7,14 +7,19 @@ copy of the record lacks it.  Nothing applies differently because of it:
 only the leader reads it, to decide when to raise the cluster's version
 (service/versions.py), and by the time that decision is taken every member
 runs a release that stores it.
+
+From state version 6 the state also records which members vote (are in
+Raft): the others are replicas, which follow the state through a voter.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, List
 
 from .. import checks
 from ..errors import CONFLICT, NOT_FOUND
 from .records import BASE_VERSION, Member
 from .rules import Halt, reject
+
+MAX_VOTERS = 9      # Raft with more voters only slows commits; issue 16 asks for 3 or 5
 
 if TYPE_CHECKING:
     from . import ClusterState
@@ -43,6 +48,8 @@ def member_remove(state: "ClusterState", op: dict) -> str:
     if node not in state.members:
         reject("%s is not a member of the cluster" % node, NOT_FOUND)
     del state.members[node]
+    if node in state.data["voters"]:
+        state.data["voters"].remove(node)
     # A removed host's containers cannot come back: free what they held.
     for ep in [e for e in state.endpoints.values() if e["node"] == node]:
         state.drop_endpoint(ep)
@@ -52,6 +59,23 @@ def member_remove(state: "ClusterState", op: dict) -> str:
         for ip in [ip for ip, a in net["addresses"].items() if a["node"] == node]:
             del net["addresses"][ip]
     return node
+
+
+def voters_set(state: "ClusterState", op: dict) -> List[str]:
+    """Record which members vote (are in Raft); every other member is a replica (raft/feed.py).
+
+    The leader records Raft's membership here after each change, so that
+    replicas, which are not in Raft, know whom to follow, and every host can
+    show each member's role.
+    """
+    voters = op["voters"]
+    if not isinstance(voters, list) or not 1 <= len(voters) <= MAX_VOTERS:
+        reject("voters must be a list of 1 to %d member addresses, not %r" % (MAX_VOTERS, voters))
+    named = sorted({checks.text(v, "voter") for v in voters})
+    if len(named) != len(voters):
+        reject("a voter named twice in %r" % (voters,))
+    state.data["voters"] = named
+    return list(named)
 
 
 def cluster_version(state: "ClusterState", op: dict) -> int:

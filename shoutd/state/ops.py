@@ -24,6 +24,7 @@ State versions:
   4  shoutd 0.4: `network_reserve` records the new network's VXLAN UDP port.
   5  shoutd 0.5: swarm networks (`network_follow`, `network_unbind`, `network_unfollow`), whose
      addresses swarm's IPAM hands out; `endpoint_add` in them takes the address as given.
+  6  (unreleased) `voters_set`: which members vote (are in Raft); the others are replicas.
 
 How to add an op in a later release:
 1. Raise STATE_VERSION and add a line above saying what the version brings.
@@ -46,7 +47,7 @@ from ..errors import UNAVAILABLE, ShoutdError
 from . import endpoints, groups, members, networks, requests
 from .records import BASE_VERSION
 
-STATE_VERSION = 5       # the newest state version this release runs
+STATE_VERSION = 6       # the newest state version this release runs
 
 # What each successful op may have changed: followers of the state (kernel,
 # Docker, D-Bus) look only at the parts that did.
@@ -72,6 +73,7 @@ def _table(*ops: Op) -> Dict[str, Op]:
 OPS = _table(
     Op("member_up", 2, frozenset({MEMBERS}), members.member_up, fields={"release": 3}),
     Op("member_remove", 2, EVERYTHING, members.member_remove),
+    Op("voters_set", 6, frozenset({MEMBERS}), members.voters_set),
     Op("cluster_version", 3, frozenset({MEMBERS}), members.cluster_version, gated=False),
     Op("network_reserve", 2, frozenset({NETWORKS}), networks.network_reserve, networks.undo_network_reserve,
        fields={"port": 4}),
@@ -136,6 +138,10 @@ def member_up(node, advertise, hostname, release=None) -> dict:
 
 def member_remove(node) -> dict:
     return {"op": "member_remove", "node": node}
+
+
+def voters_set(node, voters) -> dict:
+    return {"op": "voters_set", "node": node, "voters": sorted(voters)}
 
 
 def cluster_version(node, version) -> dict:

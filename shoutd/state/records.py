@@ -71,11 +71,13 @@ class Data(TypedDict):
     endpoints: Dict[str, Endpoint]
     requests: "collections.OrderedDict[str, Dict[str, Any]]"    # req -> {op, result}, or WITHDRAWN
     log: Applied
+    voters: List[str]               # the members in Raft, sorted (state version 6); [] before: all are
 
 
 def empty() -> Data:
     return {"version": BASE_VERSION, "members": {}, "networks": {}, "endpoints": {},
-            "requests": collections.OrderedDict(), "log": {"applied": 0, "digest": ""}}
+            "requests": collections.OrderedDict(), "log": {"applied": 0, "digest": ""},
+            "voters": []}
 
 
 def normalize(data: object) -> Data:

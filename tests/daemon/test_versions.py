@@ -25,3 +25,4 @@ def test_addpeer_refuses_a_host_on_an_older_release_and_takes_one_on_this(world,
     wait_for(lambda: sorted(m[0] for m in status(a.bus)["Members"]) == sorted([a.member, new.member]),
              timeout=30, what="the host on this release joined")
     wait_for(lambda: set(status(a.bus)["Releases"].values()) == {__version__}, timeout=30, what="its release reported")
+    assert status(a.bus)["Roles"] == {a.member: "voter", new.member: "voter"}, "two hosts: both vote"

@@ -287,3 +287,24 @@ def test_a_network_s_port_is_recorded_only_once_every_host_knows_the_field():
     for bad in (0, 70000, "7380", True):
         result = cs.apply(ops.network_reserve("a", None, None, POOL["pool"], POOL["pool_prefix"], port=bad))
         assert "not a UDP port" in result["error"] and len(cs.networks) == 2
+
+
+def test_the_voters_are_recorded_only_once_every_host_knows_the_op_and_give_each_member_its_role():
+    cs = registered(5, 5, 5)
+    cs.apply(ops.cluster_version("a", 5))
+    op = ops.voters_set("a", ["b", "a"])
+    with pytest.raises(ShoutdError) as err:
+        ops.check_proposable(op, cs)
+    assert err.value.name == "UpgradeNeeded" and "needs state version 6" in str(err.value)
+    assert "needs state version 6" in cs.apply(op)["error"] and cs.data["voters"] == [], "a 0.5 host alike"
+    assert [cs.role(m) for m in "abc"] == ["voter"] * 3, "before state version 6, every member votes"
+    cs.apply(ops.cluster_version("a", 6))
+    assert cs.apply(op)["value"] == ["a", "b"]
+    assert [cs.role(m) for m in "abc"] == ["voter", "voter", "replica"]
+    before = copy.deepcopy(cs.data)
+    for bad in ([], ["a", "a"], "a", [1], ["x"] * 10):
+        assert "voter" in cs.apply(ops.voters_set("a", bad) if isinstance(bad, list)
+                                   else {"op": "voters_set", "node": "a", "voters": bad})["error"]
+    assert cs.data["voters"] == before["voters"]
+    cs.apply(ops.member_remove("b"))
+    assert cs.data["voters"] == ["a"], "a removed member votes no more"

@@ -1,0 +1,57 @@
+"""Who votes (shoutd/roles.py): how many, which change comes next, and the leader's record of it."""
+
+import asyncio
+
+from shoutd import roles
+from shoutd.raft.node import RaftStatus
+from shoutd.roles import next_change, voter_target
+from shoutd.state import ops
+
+from .test_versions import View, registered
+
+
+def test_every_member_votes_below_three_then_three_then_five_from_the_configured_size():
+    assert [voter_target(n) for n in (1, 2, 3, 4, 6, 7, 100)] == [1, 2, 3, 3, 3, 5, 5]
+    assert voter_target(5, five_from=5) == 5 and voter_target(4, five_from=5) == 3
+
+
+def test_a_short_voter_set_is_filled_from_the_replicas_that_are_up_in_a_stable_order():
+    members = ["a", "b", "c", "d", "e"]
+    assert next_change(["a"], members, lost=[], up=["e", "c", "d"], target=3) == ("add", "c")
+    assert next_change(["a", "c"], members, lost=[], up=["e", "d"], target=3) == ("add", "d")
+    assert next_change(["a", "c", "d"], members, lost=[], up=["e", "b"], target=3) is None
+    assert next_change(["a"], members, lost=[], up=[], target=3) is None, "no replica up: nothing to add"
+    assert next_change(["a"], members, lost=[], up=["z"], target=3) is None, "only registered members"
+
+
+def test_a_voter_lost_for_good_is_removed_first_then_replaced():
+    members = ["a", "b", "c", "d"]
+    assert next_change(["a", "b", "c"], members, lost=["b"], up=["d"], target=3) == ("remove", "b")
+    assert next_change(["a", "c"], members, lost=[], up=["d"], target=3) == ("add", "d")
+    # Five voters, two lost: one at a time, while three healthy still make a majority.
+    five = ["a", "b", "c", "d", "e"]
+    assert next_change(five, five + ["f"], lost=["d", "b"], up=["f"], target=5) == ("remove", "b")
+
+
+def test_healthy_voters_beyond_the_target_are_never_demoted():
+    assert next_change(["a", "b", "c", "d", "e"], list("abcde"), lost=[], up=[], target=3) is None
+
+
+def test_the_leader_records_raft_s_voters_once_the_cluster_runs_state_version_6():
+    async def main():
+        view = View(registered(6, 6, 6))
+        view.state.apply(ops.cluster_version("a", 5))
+        view.status = RaftStatus(self="a", leader="a", role="leader", nodes={"a": "self", "b": "c"})
+        record = roles.VoterRecord("a", view, view.submit)
+        await record.step(False)
+        assert view.proposed == [], "state version 5: the op would be refused"
+        view.state.apply(ops.cluster_version("a", 6))
+        await record.step(False)
+        assert [op["op"] for op in view.proposed] == ["voters_set"] and view.state.data["voters"] == ["a", "b"]
+        assert view.state.role("c") == "replica"
+        await record.step(False)
+        assert len(view.proposed) == 1, "recorded once"
+        follower = View(view.state, role="follower", voters=("a", "b", "c"))
+        await roles.VoterRecord("b", follower, follower.submit).step(False)
+        assert follower.proposed == [], "only the leader records"
+    asyncio.run(main())
