@@ -20,7 +20,7 @@ import time
 from aiohttp import web
 
 from . import config as configmod
-from . import dbus_api
+from . import dbus_api, reexec
 from .dataplane.netlink import vxlan_mdb_supported
 from .dataplane.reconciler import Reconciler, Underlay
 from .dataplane.worker import Worker
@@ -31,8 +31,10 @@ from .docker.plugin import make_app
 from .errors import UNAVAILABLE, ShoutdError
 from .multicast import Listeners
 from .notify import Notifier
-from .raft import (JOIN, VERSION, JoinRequests, MemberFile, RaftNode, answer_version, check_port_free,
-                   check_pysyncobj)
+from .raft import VERSION, JoinRequests, MemberFile, RaftNode, answer_version, check_port_free, check_pysyncobj
+from .raft import journal
+from .raft.feed import Feed, feed_address
+from .raft.replica_node import ReplicaNode
 from .service import Service
 from .state import EVERYTHING, ENDPOINTS, GROUPS, MEMBERS, NETWORKS, STATE_VERSION
 from .roles import VoterRecord
@@ -43,6 +45,7 @@ log = logging.getLogger("shoutd")
 # The state here was written by a newer release: systemd must not restart us
 # (RestartPreventExitStatus in shoutd.service); only an upgrade helps.
 EXIT_NEWER_STATE = 78
+AGAIN = -1               # run() asks main() to start the daemon again in place (reexec.py)
 PLUGIN_RETRY = 60.0      # at most this many seconds between tries to install the managed plugin
 
 
@@ -92,6 +95,7 @@ def activated_sockets():
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return []
     count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    reexec.keep_activation(count)
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)
     return [socket.socket(fileno=3 + i) for i in range(count)]
@@ -141,7 +145,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.exit_code = 0
         if joins is not None:
-            joins.on_join = lambda members: asyncio.ensure_future(self.join(members))
+            joins.on_join = lambda members, replica: asyncio.ensure_future(self.join(members, replica))
+        self.feed = None
         raft.attach(self.loop, self.changed)
         # The reconciler and the mirror see the control plane through the
         # RaftNode's state and caught_up event, and nothing else of it.
@@ -198,8 +203,14 @@ class Daemon:
         if self.dbus is not None:
             self.dbus.refresh(parts)
 
-    async def join(self, members):
-        """Another member ran AddPeer for this host: become part of its cluster."""
+    async def join(self, members, replica=False):
+        """Another member ran AddPeer for this host: become part of its cluster (a replica of `members`)."""
+        if replica:
+            log.info("joining the cluster of %s as a replica: starting again as one", ", ".join(members))
+            self.member_file.remember_replica(members)
+            self.exit_code = AGAIN
+            self.stopping.set()
+            return
         try:
             log.info("joining the cluster of %s", ", ".join(m for m in members if m != self.node))
             await self.raft.rebuild(members)
@@ -247,6 +258,24 @@ class Daemon:
             except asyncio.TimeoutError:
                 delay = min(delay * 2, PLUGIN_RETRY)    # Docker usually starts within seconds of shoutd
 
+    async def serve_feed(self):
+        """On a voter: the replica feed (raft/feed.py), on the Raft port + 1."""
+        raft = self.raft
+        if not isinstance(raft, RaftNode):
+            return
+        feed = Feed(self.node, raft.secret, lambda: raft.state, raft.submit, ready=raft.caught_up.is_set,
+                    leader=lambda: raft.status.leader if raft.status.has_quorum else None)
+        host, port = feed_address(self.node).rsplit(":", 1)
+        try:
+            await feed.start(host, int(port))
+        except OSError as e:
+            log.error("cannot serve replicas on %s:%s (%s): replicas follow the other voters; free the port "
+                      "and restart shoutd", host, port, e.strerror)
+            return
+        raft.replica.on_apply = feed.applied
+        self.feed = feed
+        log.info("serving replicas on %s:%s", host, port)
+
     async def watch_raft(self):
         """Leave (and let systemd restart us) if the Raft thread dies; see Notifier for a wedged one."""
         while not self.stopping.is_set():
@@ -276,6 +305,7 @@ class Daemon:
             # be read-only to us: only swarm networks wait; the rest works.
             log.error("cannot serve swarm networks on %s: %s; restart shoutd.socket and shoutd",
                       self.cfg.managed_socket, e)
+        await self.serve_feed()
         self.reconciler.start()
         self.mirror.start()
         self.listeners.start()
@@ -297,6 +327,8 @@ class Daemon:
             await self.listeners.stop()
             await self.versions.stop()
             await self.voter_record.stop()
+            if self.feed is not None:
+                await self.feed.stop()
             await self.mirror.stop()
             await self.reconciler.stop()
             await runner.cleanup()
@@ -336,28 +368,43 @@ def main(argv=None):
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         member_file = MemberFile(cfg.state_dir)
         remembered = [m for m in member_file.known if m != cfg.raft_address]
-        secret, from_file = configmod.read_secret(cfg, multi_host=bool(peers or remembered))
+        secret, from_file = configmod.read_secret(cfg, multi_host=bool(peers or remembered or member_file.replica_of))
         if not from_file:
             log.info("no cluster secret at %s: this single host uses a random one; create the file "
                      "before adding peers", cfg.secret_file)
         peers = sorted(set(peers) | set(remembered))
         log.info("member %s, peers: %s", cfg.raft_address, ", ".join(peers) or "none (single host)")
         host, port = cfg.raft_address.rsplit(":", 1)
-        check_port_free(host, int(port))
-        joins = JoinRequests(cfg.raft_address, on_join=None)
-        raft = RaftNode(cfg.raft_address, peers, secret,
-                        journal_file=os.path.join(cfg.state_dir, "raft.log"),
-                        dump_file=os.path.join(cfg.state_dir, "raft.dump"),
-                        legacy_journal=os.path.join(cfg.state_dir, "raft.journal"),     # shoutd 0.1's log
-                        durable=cfg.journal_sync,
-                        utility_messages={JOIN: joins, VERSION: answer_version(STATE_VERSION)})
-        joins.node = raft
+        files = [os.path.join(cfg.state_dir, name) for name in ("raft.log", "raft.dump", "raft.journal")]
+        if member_file.replica_of:
+            # A replica keeps no journal: a later promotion starts a voter's afresh, never from a replica's.
+            journal.remove_files(*files[:2])
+            journal.remove_files(files[2], None)
+            log.info("replica of %s", ", ".join(member_file.replica_of))
+            raft, joins = ReplicaNode(cfg.raft_address, member_file.replica_of, secret), None
+        else:
+            check_port_free(host, int(port))
+            joins = JoinRequests(cfg.raft_address, on_join=None)
+            raft = RaftNode(cfg.raft_address, peers, secret, journal_file=files[0], dump_file=files[1],
+                            legacy_journal=files[2],     # shoutd 0.1's log
+                            durable=cfg.journal_sync,
+                            utility_messages={**joins.handlers(), VERSION: answer_version(STATE_VERSION)})
+            joins.node = raft
         if not cfg.journal_sync:
             log.warning("journal_sync is off: acknowledged changes survive a crash of shoutd, not a power loss")
 
         async def run():
             return await Daemon(cfg, raft, worker, underlay, notifier, member_file, joins).run()
-        return asyncio.run(run())
+        code = asyncio.run(run())
+        if code == AGAIN:
+            raft.destroy()
+            raft = None
+            journal.remove_files(*files[:2])
+            journal.remove_files(files[2], None)
+            worker.close()
+            worker = None
+            reexec.again()
+        return code
     except ShoutdError as e:
         log.error("%s", e)
         return 1

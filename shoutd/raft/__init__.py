@@ -9,6 +9,9 @@ and they are handled here and nowhere else:
 - transport.py  the Raft port hardened against strangers; who was heard when
 - journal.py    the journal fsynced before anything is acknowledged
 - join.py       AddPeer's join protocol, and the membership kept across restarts
+- feed.py, replica.py, replica_node.py, channel.py
+                replicas: hosts outside Raft that follow the state through
+                one voter's feed (roles.py says who votes)
 
 PySyncObj before 0.3.16 keeps the Raft term and vote only in memory, so
 restarting every member at once can elect a stale leader and overwrite
@@ -18,12 +21,12 @@ committed entries (upstream issue #201).  shoutd refuses to run on it.
 import pysyncobj.version
 
 from ..errors import ShoutdError
-from .join import JOIN, VERSION, JoinRequests, MemberFile, answer_version, ask_to_join, ask_version
+from .join import JOIN, REPLICA, VERSION, JoinRequests, MemberFile, answer_version, ask_to_join, ask_version
 from .node import RaftNode, RaftStatus, check_port_free
 
 MIN_PYSYNCOBJ = (0, 3, 16)
 
-__all__ = ["JOIN", "VERSION", "JoinRequests", "MemberFile", "RaftNode", "RaftStatus", "answer_version",
+__all__ = ["JOIN", "REPLICA", "VERSION", "JoinRequests", "MemberFile", "RaftNode", "RaftStatus", "answer_version",
            "ask_to_join", "ask_version", "check_port_free", "check_pysyncobj"]
 
 

@@ -40,10 +40,11 @@ class ChannelError(Exception):
 
 
 @functools.lru_cache(maxsize=4)
-def _master_key(secret: str) -> bytes:
+def _master_key(secret) -> bytes:
     # Slow on purpose (a stolen transcript gives nothing cheap to guess
     # against), so computed once per secret, not per connection.
-    return hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), _SALT, 200_000)
+    raw = secret if isinstance(secret, bytes) else secret.encode("utf-8")
+    return hashlib.pbkdf2_hmac("sha256", raw, _SALT, 200_000)
 
 
 class Channel:

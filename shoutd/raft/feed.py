@@ -42,6 +42,15 @@ DEAD_AFTER = 3 * PING + 1   # a channel silent this long is gone
 MAX_BACKLOG = 16 << 20      # bytes waiting for one replica before it is dropped
 
 
+FEED_PORT_OFFSET = 1        # a voter serves the feed on its Raft port + 1 (TCP 7381 by default)
+
+
+def feed_address(raft_address):
+    """Where the voter at `raft_address` serves the feed."""
+    host, port = raft_address.rsplit(":", 1)
+    return "%s:%d" % (host, int(port) + FEED_PORT_OFFSET)
+
+
 def whose(op, node):
     """Refuse an op of a replica that names another host's records."""
     if not isinstance(op, dict):
@@ -73,8 +82,10 @@ class Feed:
     LoopReplica.on_apply).
     """
 
-    def __init__(self, node, secret, state, submit):
+    def __init__(self, node, secret, state, submit, leader=lambda: None, ready=lambda: True):
         self.node = node
+        self._ready = ready         # () -> whether this voter's state is current: never serve an old one
+        self._leader = leader       # () -> the leader this voter knows of, told to replicas
         self._secret = secret
         self._state = state
         self._submit = submit
@@ -156,7 +167,7 @@ class Feed:
     async def _ping(self):
         while True:
             await asyncio.sleep(PING)
-            self._broadcast({"t": "ping"})
+            self._broadcast({"t": "ping", "leader": self._leader()})
 
     async def _serve(self, reader, writer):
         session = None
@@ -167,12 +178,14 @@ class Feed:
             if hello.get("t") != "hello" or not isinstance(node, str) or not (
                     isinstance(at, list) and len(at) == 2 and isinstance(at[0], int) and isinstance(at[1], str)):
                 raise ChannelError("a hello that does not say who it is and what it holds: %r" % (hello,))
+            if not self._ready():
+                raise ChannelError("this voter has not caught up with its leader yet")
             session = Session(node, channel)
             old = self.sessions.get(node)
             if old is not None:
                 self._forget(old)            # the same replica, reconnected before its old channel timed out
             self.sessions[node] = session
-            session.push({"t": "welcome", "voter": self.node})
+            session.push({"t": "welcome", "voter": self.node, "leader": self._leader()})
             tail = self._since(*at)
             for message in tail if tail is not None else [self._snapshot()]:
                 session.push(message)

@@ -28,16 +28,18 @@ from ..errors import CONFLICT, UNAVAILABLE, ShoutdError
 log = logging.getLogger(__name__)
 
 JOIN = "shoutd_join"
+REPLICA = "shoutd_replica"  # a join as a replica (roles.py): follow the voters named, outside Raft
 VERSION = "shoutd_version"  # a utility message: which state version the shoutd there runs
 JOIN_GRACE = 1.0          # seconds between answering a join request and acting on it
 MEMBERS_FILE = "members.json"
 
 
-async def ask_to_join(secret, addr, members, timeout=10.0):
-    """Ask the shoutd at `addr` to leave its one-node cluster and join `members`."""
+async def ask_to_join(secret, addr, members, timeout=10.0, replica=False):
+    """Ask the shoutd at `addr` to leave its one-node cluster and join `members` (as a replica of them)."""
     def call():
         try:
-            return TcpUtility(password=secret, timeout=timeout).executeCommand(addr, [JOIN] + members)
+            return TcpUtility(password=secret, timeout=timeout).executeCommand(addr, [REPLICA if replica else JOIN]
+                                                                               + members)
         except UtilityException as e:
             return "unreachable: %s" % e
     reply = str(await asyncio.get_running_loop().run_in_executor(None, call))
@@ -69,19 +71,23 @@ def answer_version(version):
 
 
 class JoinRequests:
-    """The answering side: registered as the JOIN utility message of a RaftNode."""
+    """The answering side: registered as the JOIN and REPLICA utility messages of a RaftNode."""
 
     def __init__(self, self_addr, on_join):
         self.self_addr = self_addr
-        self.on_join = on_join       # called on the loop with the new member list
+        self.on_join = on_join       # called on the loop with the new member list, and whether as a replica
         self.node = None             # the RaftNode, once built
 
-    def __call__(self, args, callback):
+    def handlers(self):
+        return {JOIN: self, REPLICA: lambda args, callback: self(args, callback, replica=True)}
+
+    def __call__(self, args, callback, replica=False):
         """On the tick thread: answer at once, rebuild on the loop after JOIN_GRACE."""
         node = self.node
         members = [str(a) for a in args]
-        if self.self_addr not in members:
-            return callback("the member list does not name this host (%s)" % self.self_addr, None)
+        if (self.self_addr in members) == replica:
+            return callback("the member list %s this host (%s)" % ("names" if replica else "does not name",
+                                                                    self.self_addr), None)
         if node is None or node.loop is None:
             return callback("%s is not ready to join yet; try again" % self.self_addr, None)
         if len(node.status.nodes) > 1:
@@ -91,12 +97,15 @@ class JoinRequests:
         if node.machine.has_networks():
             return callback("%s has shoutd networks of its own; remove them before it joins" % self.self_addr, None)
         callback("joining", None)
-        node.loop.call_soon_threadsafe(node.loop.call_later, JOIN_GRACE, self.on_join, members)
+        node.loop.call_soon_threadsafe(node.loop.call_later, JOIN_GRACE, self.on_join, members, replica)
 
 
 class MemberFile:
+    """members.json: the Raft members, or, on a replica, {"replica_of": the voters}."""
+
     def __init__(self, state_dir):
         self.path = os.path.join(state_dir, MEMBERS_FILE) if state_dir else None
+        self.replica_of = []
         self.known = self.load()
 
     def load(self):
@@ -105,18 +114,29 @@ class MemberFile:
         try:
             with open(self.path) as f:
                 members = json.load(f)
+            if isinstance(members, dict):
+                self.replica_of = sorted(m for m in members.get("replica_of", []) if isinstance(m, str))
+                return []
             return sorted(m for m in members if isinstance(m, str))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):
             return []
 
     def remember(self, status):
         """Keep the membership of `status` (a RaftStatus) if a leader vouches for it."""
         members = sorted(status.nodes)
-        if self.path is None or status.leader is None or members == self.known:
+        if self.path is None or status.leader is None or members == self.known or self.replica_of:
             return
         self.known = members
+        self._write(members)
+
+    def remember_replica(self, voters):
+        """This host follows `voters` from now on (and after a restart)."""
+        self.replica_of, self.known = sorted(voters), []
+        self._write({"replica_of": self.replica_of})
+
+    def _write(self, content):
         with open(self.path + ".new", "w") as f:
-            json.dump(members, f)
+            json.dump(content, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(self.path + ".new", self.path)

@@ -45,20 +45,22 @@ class Follower:
         self._on_change = on_change
         self.state = ClusterState()
         self.voter = None           # the feed address of the voter followed now
+        self.voter_node = None      # and its member address (Raft's)
+        self.leader = None          # the leader that voter knows of
         self.taken_whole = 0        # snapshots received: a replica back from a short absence needs none
         self._channel = None
         self._pending = {}          # id -> (op, future)
         self._ids = itertools.count(1)
-        self._task = None
+        self.task = None
         self.connected = asyncio.Event()
 
     def start(self):
-        self._task = asyncio.ensure_future(self._run())
+        self.task = asyncio.ensure_future(self._run())
 
     async def stop(self):
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
     def _order(self):
         voters = sorted(self._voters())
@@ -85,8 +87,11 @@ class Follower:
                 await asyncio.sleep(RETRY_PAUSE)
 
     def _lost(self):
-        self.voter, self._channel = None, None
+        was = self.voter
+        self.voter, self.voter_node, self.leader, self._channel = None, None, None, None
         self.connected.clear()
+        if was is not None:
+            self._on_change()
 
     async def _follow(self, addr):
         host, port = addr.rsplit(":", 1)
@@ -98,7 +103,9 @@ class Follower:
             if welcome.get("t") != "welcome":
                 raise ChannelError("no welcome: %r" % (welcome.get("t"),))
             self.voter, self._channel = addr, channel
+            self.voter_node, self.leader = welcome.get("voter"), welcome.get("leader")
             self.connected.set()
+            self._on_change()
             log.info("replica follows voter %s (%s)", addr, welcome.get("voter"))
             for rid, (op, _) in self._pending.items():
                 channel.send({"t": "submit", "id": rid, "op": op})     # same request ids: applied once
@@ -129,10 +136,18 @@ class Follower:
                 raise ChannelError("op %d left this replica with another digest than its voter's" % at)
             self._on_change()
         elif kind == "snapshot":
-            self.state = replica_state(message)
+            state = replica_state(message)
+            if state.applied[0] < self.state.applied[0]:
+                raise ChannelError("the voter is behind this replica (op %d, here %d)"
+                                   % (state.applied[0], self.state.applied[0]))
+            self.state = state
             self.taken_whole += 1
             log.info("replica took the state whole at op %d", self.state.applied[0])
             self._on_change()
+        elif kind == "ping":
+            if message.get("leader") != self.leader:
+                self.leader = message.get("leader")
+                self._on_change()
         elif kind == "result":
             entry = self._pending.get(message.get("id"))
             if entry is not None and not entry[1].done():

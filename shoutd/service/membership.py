@@ -1,5 +1,6 @@
 """The cluster's members and what this host sees of it: AddPeer, RemovePeer, Status (D-Bus, shoutdctl)."""
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -7,6 +8,8 @@ import time
 from .. import checks
 from ..errors import CONFLICT, INVALID, NO_QUORUM, NOT_FOUND, UNAVAILABLE, ShoutdError
 from ..raft import ask_to_join, ask_version
+from ..raft.feed import feed_address
+from ..roles import voter_target
 from ..state import BASE_VERSION, STATE_VERSION, ops
 
 log = logging.getLogger(__name__)
@@ -22,6 +25,10 @@ class Membership:
 
     def _need_quorum(self):
         st = self.cluster.raft.status
+        if st.role == "replica":
+            raise ShoutdError("this host is a replica: change the membership on a voter (%s)"
+                              % ", ".join(self.cluster.describe_member(v) for v in sorted(st.nodes)
+                                          if v != st.self), UNAVAILABLE, "NotVoter")
         if st.leader is None or not st.has_quorum:
             raise ShoutdError("membership cannot change: " +
                               self.cluster.raft.no_quorum_message(self.cluster.describe_member),
@@ -32,17 +39,35 @@ class Membership:
         return checks.member_address(address, self.cluster.config.raft_port, "peer")
 
     async def add_peer(self, address):
+        """Join the host at `address`: as a voter while voters are missing (roles.py), else as a replica."""
         addr = self._address(address)
         st = self._need_quorum()
-        if addr in st.nodes:
+        state = self.cluster.state()
+        if addr in st.nodes or addr in state.members:
             raise ShoutdError("%s is already a member of the cluster" % addr, CONFLICT, "AlreadyMember")
-        members = sorted(set(st.nodes) | {addr})
         raft = self.cluster.raft
         began = time.monotonic()
         await self._runs_cluster_version(addr)
+        everyone = set(st.nodes) | set(state.members) | {addr}
+        if state.data["voters"] and len(st.nodes) >= voter_target(len(everyone)):
+            return await self._add_replica(addr, sorted(st.nodes), began)
+        members = sorted(set(st.nodes) | {addr})
         await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
         await raft.change_membership("add", addr, timeout=CHANGE_BUDGET - (time.monotonic() - began))
         log.info("peer %s added to the cluster; members now %s", addr, ", ".join(members))
+        return addr
+
+    async def _add_replica(self, addr, voters, began):
+        """A replica joins by registering through a voter: no Raft membership change."""
+        await ask_to_join(self.cluster.raft.secret, addr, voters, timeout=JOIN_ASK_TIMEOUT, replica=True)
+        while addr not in self.cluster.state().members:
+            if time.monotonic() - began > CHANGE_BUDGET:
+                raise ShoutdError("%s agreed to join as a replica of %s but has not registered within %gs; see its "
+                                  "log (`journalctl -u shoutd` there): it must reach a voter on TCP %s"
+                                  % (addr, ", ".join(voters), CHANGE_BUDGET,
+                                     feed_address(voters[0]).rsplit(":", 1)[1]), UNAVAILABLE)
+            await asyncio.sleep(0.1)       # its registration comes through its voter
+        log.info("peer %s added to the cluster as a replica of %s", addr, ", ".join(voters))
         return addr
 
     async def _runs_cluster_version(self, addr):
@@ -65,9 +90,10 @@ class Membership:
         st = self._need_quorum()
         if addr == self.cluster.node:
             raise ShoutdError("%s is this host; run RemovePeer on another member" % addr, INVALID, "InvalidAddress")
-        if addr not in st.nodes:
+        if addr not in st.nodes and addr not in self.cluster.state().members:
             raise ShoutdError("%s is not a member of the cluster" % addr, NOT_FOUND, "NotMember")
-        await self.cluster.raft.change_membership("rem", addr, timeout=CHANGE_BUDGET)
+        if addr in st.nodes:
+            await self.cluster.raft.change_membership("rem", addr, timeout=CHANGE_BUDGET)
         if addr in self.cluster.state().members:
             await self.cluster.submit(ops.member_remove(addr))
         log.info("peer %s removed from the cluster", addr)
@@ -79,7 +105,7 @@ class Membership:
         st, state = raft.status, self.cluster.state()
         members = []
         # Voters are Raft's members; replicas (roles.py) are registered members outside Raft.
-        replicas = {m: "replica" for m in state.members if m not in st.nodes}
+        replicas = {m: "replica" for m in state.members if state.role(m) == "replica" and m not in st.nodes}
         for addr, conn in sorted({**st.nodes, **replicas}.items()):
             rec = state.members.get(addr, {})
             members.append({"address": addr, "vtep": rec.get("advertise", ""), "hostname": rec.get("hostname", ""),
@@ -98,7 +124,7 @@ class Membership:
                 "leader_changed": st.leader_changed, "slowest_flush": raft.slowest_flush(),
                 "state_version": state.version, "runs_state_version": STATE_VERSION, "halted": raft.halted or "",
                 "releases": {m: rec.get("release", "") for m, rec in state.members.items()},
-                "roles": {m["address"]: "replica" if m["address"] in replicas else "voter" for m in members}}
+                "roles": {m["address"]: state.role(m["address"]) for m in members}}
 
     def _groups(self, state, net):
         """[(group, ["hostname (VTEP)"])] of a pruned network: who listens to what."""

@@ -1,0 +1,75 @@
+"""Replicas through real daemons (issue 16): a host beyond three voters joins as a replica and works as a voter does.
+
+Four netns hosts run shoutd without Docker; containers are endpoints made
+through the plugin API (hostlab.container), with real veths and VXLAN.
+"""
+
+import os
+import re
+
+from ..hostlab import container
+from ..support import sh, wait_for
+from .test_dbus import CALL
+
+
+def followed(host):
+    """The voter (its underlay address) whose feed the replica `host` follows now, as its log says."""
+    found = re.findall(r"replica follows voter (\S+):\d+", host.read_log())
+    return found[-1] if found else None
+
+
+def reaches(ns, ip):
+    return sh("ip netns exec %s busybox ping -c 1 -W 1 %s" % (ns, ip), check=False).returncode == 0
+
+
+def test_a_host_beyond_three_voters_joins_as_a_replica_follows_writes_and_outlives_its_voter(world):
+    secret = world.secret()
+    hosts = [world.host() for _ in range(4)]
+    voters, replica = hosts[:3], hosts[3]
+    for h in voters:
+        h.start(secret, world.bus(), peers=[o.ip for o in voters if o is not h], wait=False)
+    for h in voters:
+        h.wait_registered()
+    wait_for(lambda: any("voters now 198.20.0.1:7380, 198.20.0.2:7380, 198.20.0.3:7380" in h.read_log()
+                         for h in voters), timeout=30, what="the leader's record of the voters")
+    replica.start(secret, world.bus())                     # a lone one-node cluster, until asked
+    voters[0].bus.busctl(*CALL, "AddPeer", "s", replica.ip)
+    replica.wait_log("starting again in place")
+    replica.wait_log("registered;", times=2)               # alone, then as a replica through a voter
+    everyone = {h.member: "voter" for h in voters}
+    everyone[replica.member] = "replica"
+    for h in hosts:
+        wait_for(lambda h=h: h.bus.status()["Roles"] == everyone, what="the roles as %s shows them" % h.name)
+    wait_for(lambda: replica.bus.status()["Ready"], what="the replica ready")
+    kept = sorted(os.listdir(os.path.join(replica.dir, "state")))
+    assert not [f for f in kept if f.startswith("raft.")], "a replica keeps no Raft journal: %s" % kept
+
+    # A network made on the replica works everywhere.
+    pool = replica.plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": "10.67.0.0/24",
+                                                     "Options": {}, "V6": False})["PoolID"]
+    nets = {}
+    for h in hosts:
+        nets[h.n] = "%064x" % (100 + h.n)
+        h.plugin("NetworkDriver.CreateNetwork", {"NetworkID": nets[h.n], "Options": {"com.docker.network.generic": {}},
+                                                 "IPv4Data": [{"AddressSpace": "shoutd", "Pool": "10.67.0.0/24"}]})
+    r1, r1_ip = container(world, replica, pool, nets[replica.n], "r1")
+    v1, v1_ip = container(world, voters[0], pool, nets[voters[0].n], "v1")
+    wait_for(lambda: reaches(r1, v1_ip) and reaches(v1, r1_ip), what="the replica's container and a voter's")
+
+    # Its voter dies: it follows another, its container stays connected, and it allocates again.
+    gone = wait_for(lambda: followed(replica), what="the voter the replica follows")
+    victim = next(h for h in voters if h.ip == gone)
+    victim.kill()
+    wait_for(lambda: followed(replica) not in (None, gone), timeout=30, what="the replica following another voter")
+    survivor = next(h for h in voters if h is not victim)
+    s1, s1_ip = container(world, survivor, pool, nets[survivor.n], "s1")
+    r2, r2_ip = container(world, replica, pool, nets[replica.n], "r2")
+    assert len({r1_ip, v1_ip, s1_ip, r2_ip}) == 4
+    wait_for(lambda: reaches(r1, s1_ip) and reaches(r2, s1_ip) and reaches(s1, r2_ip),
+             what="the replica's containers, old and new, and a surviving voter's")
+
+    # A restart of the replica: back as a replica, from the state whole, still connected.
+    replica.stop()
+    replica.start(secret)
+    wait_for(lambda: replica.bus.status()["Roles"] == everyone, what="the replica's roles after its restart")
+    assert reaches(r1, s1_ip)
