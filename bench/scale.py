@@ -1,23 +1,28 @@
 """Many shoutd daemons on one machine: what a cluster's size costs (issue 16).
 
-    python3 bench/scale.py [--hosts 8,32] [--allocations 200] [--idle 10]
+    python3 bench/scale.py [--hosts 8,32] [--allocations 200] [--idle 10] [--all-voters]
 
 For each size N: N real daemons, each in a network namespace of its own on
-one underlay bridge (tests/hostlab.py), every other daemon given as a peer,
-no Docker (the plugin API is driven over each daemon's socket).  From one
-run it prints:
-- formed: from starting every daemon until each has registered;
+one underlay bridge (tests/hostlab.py), no Docker (the plugin API is driven
+over each daemon's socket).  Three of them start as one cluster (the
+voters); every other one starts alone and is added by AddPeer on a voter,
+at most JOINS at once, and so joins as a replica (shoutd/roles.py).  With
+--all-voters every daemon is given every other as a peer instead, and all
+vote (shoutd before replicas).  From one run it prints:
+- formed: from starting every daemon until each is a registered member;
 - allocation latency (RequestAddress), median and p99, on the leader and on
-  a follower;
-- FDB: from an endpoint's CreateEndpoint on one host until its MAC is in
-  the VXLAN FDB of every host;
-- failover: from kill -9 of the leader until a write is accepted again;
-- idle CPU (% of one core) and RSS of the leader and of a follower.
+  another host (a replica, if there are any);
+- FDB: from an endpoint's CreateEndpoint on that host until its MAC is in
+  the VXLAN FDB of every other host;
+- failover: from kill -9 of the leader until that host's write is accepted
+  again;
+- idle CPU (% of one core) and RSS of the leader and of that host.
 Not a test: nothing here asserts a time.  Needs root; the larger sizes need
 minutes on a small machine.
 """
 
 import argparse
+import concurrent.futures
 import os
 import re
 import signal
@@ -32,14 +37,19 @@ from tests.hostlab import PluginError, World  # noqa: E402
 from tests.support import docker_id, wait_for  # noqa: E402
 
 POOL = "10.90.0.0/16"
+VOTERS = 3
+JOINS = 8               # AddPeer calls at once
+BUS_CALL = ["call", "org.darkkitchen.Shoutd", "/org/darkkitchen/Shoutd", "org.darkkitchen.Shoutd"]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def leader_of(hosts):
-    """The host every running daemon last logged as leader."""
+    """The host every running voter last logged as leader."""
     def agreed():
         last = set()
         for h in hosts:
+            if "replica of" in h.read_log(since=h.run_log_start):
+                continue
             changes = re.findall(r"leader changed: (\S+) in term", h.read_log(since=h.run_log_start))
             last.add(changes[-1] if changes else None)
         return last.pop() if len(last) == 1 and None not in last else None
@@ -84,10 +94,9 @@ def fdb_everywhere(hosts, vni, mac, began, timeout=60):
     return time.monotonic() - began
 
 
-def failover(hosts, pool):
-    """(seconds from kill -9 of the leader until another host's write is accepted, the leader killed)."""
+def failover(hosts, pool, other):
+    """(seconds from kill -9 of the leader until `other`'s write is accepted, the leader killed)."""
     leader = leader_of(hosts)
-    other = next(h for h in hosts if h is not leader)
     began = time.monotonic()
     leader.kill()
     while True:
@@ -98,37 +107,58 @@ def failover(hosts, pool):
             time.sleep(0.05)             # refused during the election: ask again
 
 
-def run(n, allocations, idle_seconds):
+def form(world, secret, hosts, all_voters):
+    """Start every daemon and make them one cluster; the seconds it took."""
+    began = time.monotonic()
+    if all_voters:
+        for h in hosts:
+            h.start(secret, peers=[o.ip for o in hosts if o is not h], wait=False)
+        for h in hosts:
+            h.wait_registered(timeout=600)
+        return time.monotonic() - began
+    voters, replicas = hosts[:VOTERS], hosts[VOTERS:]
+    bus = world.bus()
+    for h in voters:
+        h.start(secret, bus if h is voters[0] else None, peers=[o.ip for o in voters if o is not h], wait=False)
+    for h in replicas:
+        h.start(secret, wait=False)
+    for h in hosts:
+        h.wait_registered(timeout=600)
+    # Once the leader recorded the voters, AddPeer makes replicas.
+    wait_for(lambda: any("voters now " in h.read_log() for h in voters), timeout=60, what="the voters recorded")
+    with concurrent.futures.ThreadPoolExecutor(JOINS) as pool:
+        # An AddPeer that runs out of D-Bus time on a busy machine still completes: membership decides below.
+        list(pool.map(lambda h: bus.busctl(*BUS_CALL, "AddPeer", "s", h.ip, check=False), replicas))
+    wait_for(lambda: len(bus.status()["Roles"]) == len(hosts), timeout=600, interval=0.5, what="every host a member")
+    return time.monotonic() - began
+
+
+def run(n, allocations, idle_seconds, all_voters):
     tmp = tempfile.mkdtemp(prefix="shoutd-scale-")
     world = World(tmp, subnet="198.23.0")
     try:
         secret = world.secret()
         hosts = [world.host() for _ in range(n)]
-        began = time.monotonic()
-        for h in hosts:
-            h.start(secret, peers=[o.ip for o in hosts if o is not h], wait=False)
-        for h in hosts:
-            h.wait_registered(timeout=600)
-        formed = time.monotonic() - began
+        formed = form(world, secret, hosts, all_voters or n <= VOTERS)
         leader = leader_of(hosts)
-        follower = next(h for h in hosts if h is not leader)
+        other = hosts[-1] if hosts[-1] is not leader else hosts[-2]
         pool = leader.plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": POOL, "Options": {},
                                                         "V6": False})["PoolID"]
         on_leader = latencies(leader, pool, allocations)
-        on_follower = latencies(follower, pool, allocations)
+        on_other = latencies(other, pool, allocations)
         net = docker_id("scale")
-        follower.plugin("NetworkDriver.CreateNetwork", {"NetworkID": net, "Options": {"com.docker.network.generic": {}},
-                                                        "IPv4Data": [{"AddressSpace": "shoutd", "Pool": POOL}]})
-        vni = int(re.findall(r"VNI (\d+)", follower.read_log())[-1])
-        addr = follower.plugin("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}})["Address"]
+        other.plugin("NetworkDriver.CreateNetwork", {"NetworkID": net, "Options": {"com.docker.network.generic": {}},
+                                                     "IPv4Data": [{"AddressSpace": "shoutd", "Pool": POOL}]})
+        vni = int(re.findall(r"VNI (\d+)", other.read_log())[-1])
+        addr = other.plugin("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}})["Address"]
         began = time.monotonic()
-        reply = follower.plugin("NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": docker_id("ep"),
-                                                                 "Interface": {"Address": addr}})
-        fdb = fdb_everywhere([h for h in hosts if h is not follower], vni, reply["Interface"]["MacAddress"], began)
-        quiet = idle([leader, follower], idle_seconds)
-        took, _ = failover(hosts, pool)
-        return {"formed": formed, "leader": on_leader, "follower": on_follower, "fdb": fdb, "failover": took,
-                "idle": (quiet[leader], quiet[follower])}
+        reply = other.plugin("NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": docker_id("ep"),
+                                                              "Interface": {"Address": addr}})
+        fdb = fdb_everywhere([h for h in hosts if h is not other], vni, reply["Interface"]["MacAddress"], began)
+        quiet = idle([leader, other], idle_seconds)
+        took, _ = failover(hosts, pool, other)
+        return {"formed": formed, "leader": on_leader, "other": on_other, "fdb": fdb, "failover": took,
+                "idle": (quiet[leader], quiet[other])}
     finally:
         world.close()
 
@@ -138,20 +168,22 @@ def main():
     ap.add_argument("--hosts", default="8,32", help="cluster sizes, comma-separated")
     ap.add_argument("--allocations", type=int, default=200, help="RequestAddress calls timed on each host")
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of idling measured")
+    ap.add_argument("--all-voters", action="store_true", help="every host a voter (shoutd before replicas)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("scale.py needs root (network namespaces)")
     # `timeout` stops a size that does not form: take its namespaces and daemons down on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM) before the cluster formed"))
-    print("| hosts | all registered after | allocation on the leader, median / p99 | on a follower, median / p99 "
-          "| endpoint MAC in every FDB | leader killed, writes again after | idle CPU, RSS: leader; follower |")
+    print("(%s)" % ("every host a voter" if args.all_voters else "%d voters, the other hosts replicas" % VOTERS))
+    print("| hosts | all registered after | allocation on the leader, median / p99 | on another host, median / p99 "
+          "| endpoint MAC in every FDB | leader killed, writes again after | idle CPU, RSS: leader; other |")
     print("|---|---|---|---|---|---|---|")
     for n in [int(x) for x in args.hosts.split(",")]:
-        r = run(n, args.allocations, args.idle)
+        r = run(n, args.allocations, args.idle, args.all_voters)
         (lc, lr), (fc, fr) = r["idle"]
         print("| %d | %.1f s | %.1f / %.1f ms | %.1f / %.1f ms | %.2f s | %.2f s | %.1f %%, %.0f MiB; %.1f %%, %.0f MiB |"
               % (n, r["formed"], 1000 * statistics.median(r["leader"]), 1000 * p(r["leader"], 0.99),
-                 1000 * statistics.median(r["follower"]), 1000 * p(r["follower"], 0.99), r["fdb"], r["failover"],
+                 1000 * statistics.median(r["other"]), 1000 * p(r["other"], 0.99), r["fdb"], r["failover"],
                  lc, lr, fc, fr), flush=True)
 
 

@@ -47,6 +47,10 @@ def _master_key(secret) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", raw, _SALT, 200_000)
 
 
+def encode(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+
+
 class Channel:
     """One end of an open channel: `send` and `receive` JSON objects."""
 
@@ -80,7 +84,10 @@ class Channel:
 
     def send(self, message: dict) -> None:
         """Queue one message; the caller drains (see `backlog`)."""
-        data = json.dumps(message, separators=(",", ":")).encode("utf-8")
+        self.send_encoded(encode(message))
+
+    def send_encoded(self, data: bytes) -> None:
+        """Queue one message already encoded (`encode`): one encoding for many channels."""
         sealed = self._aead.encrypt(self._nonce(self._out_tag, self._sent), data, None)
         self._sent += 1
         self._writer.write(_HEADER.pack(len(sealed)) + sealed)

@@ -32,7 +32,7 @@ import time
 
 from ..errors import INTERNAL, INVALID, ShoutdError
 from ..state import ClusterState
-from .channel import HANDSHAKE_TIMEOUT, Channel, ChannelError
+from .channel import HANDSHAKE_TIMEOUT, Channel, ChannelError, encode
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,11 @@ class Session:
         self.since = time.time()
 
     def push(self, message):
-        self.channel.send(message)
+        """Send `message`, a dict or already encoded (channel.encode)."""
+        if isinstance(message, bytes):
+            self.channel.send_encoded(message)
+        else:
+            self.channel.send(message)
         if self.channel.backlog() > MAX_BACKLOG:
             raise ChannelError("more than %d MiB waiting for it" % (MAX_BACKLOG >> 20))
 
@@ -110,8 +114,7 @@ class Feed:
             # the tail no longer leads here, so everyone gets the state whole.
             self._tail.clear()
             self._base = (count, digest)
-            for session in list(self.sessions.values()):
-                self._send(session, self._snapshot())
+            self._broadcast(self._snapshot())
 
     def _head(self):
         return self._tail[-1][:2] if self._tail else self._base
@@ -134,6 +137,9 @@ class Feed:
         return {"t": "snapshot", "at": list(state.applied), "data": state.data}
 
     def _broadcast(self, message):
+        if not self.sessions:
+            return
+        message = encode(message)            # once, whatever the number of replicas
         for session in list(self.sessions.values()):
             self._send(session, message)
 

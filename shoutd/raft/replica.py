@@ -162,8 +162,9 @@ class Follower:
             answer = await self._request(op, timeout)
         except asyncio.TimeoutError:
             asyncio.ensure_future(self._settle(op))
-            raise ShoutdError("no voter confirmed %s within %gs (%s); shoutd withdraws it if it took effect. "
-                              "Try again once a voter answers" % (op.get("op"), timeout, self._where()),
+            raise ShoutdError("no voter confirmed %s within %gs (%s), so this host cannot tell yet whether it took "
+                              "effect; shoutd withdraws it if it did. Try again once a voter answers"
+                              % (op.get("op"), timeout, self._where()),
                               UNAVAILABLE, OUTCOME_UNKNOWN) from None
         if "error" in answer:
             raise ShoutdError(str(answer["error"]), str(answer.get("kind")), answer.get("name"))

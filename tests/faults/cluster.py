@@ -17,6 +17,8 @@ from ..support import wait_for
 
 POOL = "10.88.0.0/16"
 RAFT_PORT = 7380
+FEED_PORT = 7381        # where voters serve replicas (shoutd/raft/feed.py)
+BUS_CALL = ["call", "org.darkkitchen.Shoutd", "/org/darkkitchen/Shoutd", "org.darkkitchen.Shoutd"]
 
 
 def seed():
@@ -26,16 +28,24 @@ def seed():
 
 
 class Cluster:
-    def __init__(self, tmp, size=3, previous=None):
+    def __init__(self, tmp, size=3, previous=None, replicas=0):
+        """`size` voters, then `replicas` hosts that AddPeer makes replicas (shoutd/roles.py)."""
         self.world = World(tmp, subnet="198.21.0")
         self.secret = self.world.secret()
-        self.hosts = [self.world.host() for _ in range(size)]
+        self.hosts = [self.world.host() for _ in range(size + replicas)]
+        self.voters, self.replicas = self.hosts[:size], self.hosts[size:]
         self.partitioned = set()
         for h in self.hosts:
             h.bus = self.world.bus()
             # The tree of shoutd each host runs: this one, or `previous` (an older release, for upgrades).
             h.tree = previous
         self.start(*self.hosts)
+        if self.replicas:
+            wait_for(lambda: any("voters now " in h.read_log() for h in self.voters), timeout=30,
+                     what="the voters recorded, so that AddPeer makes replicas")
+            for h in self.replicas:
+                self.voters[0].bus.busctl(*BUS_CALL, "AddPeer", "s", h.ip)
+                h.wait_log("registered;", times=2, timeout=60)
         self.pool = self.hosts[0].plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": POOL,
                                                                    "Options": {}, "V6": False})["PoolID"]
 
@@ -47,11 +57,13 @@ class Cluster:
 
     def start(self, *hosts, wait=True):
         for h in hosts:
+            # Voters start with each other as peers; a replica alone, until AddPeer (then from members.json).
+            peers = [o.ip for o in self.voters if o is not h] if h in self.voters else []
             if not h.running() and h.tree is not None:
-                h.start(self.secret, peers=[o.ip for o in self.hosts if o is not h], wait=False, tree=h.tree)
+                h.start(self.secret, peers=peers, wait=False, tree=h.tree)
             elif not h.running():
                 # This tree runs the test build whose disk a nemesis can slow down (tests/slowdisk.py).
-                h.start(self.secret, peers=[o.ip for o in self.hosts if o is not h], wait=False,
+                h.start(self.secret, peers=peers, wait=False,
                         module="tests.slowdisk", env={"SHOUTD_TEST_FSYNC_DELAY": self._delay_file(h)})
         if wait:
             for h in hosts:
@@ -63,7 +75,7 @@ class Cluster:
 
     def leader(self, among=None):
         """The host that the others follow, once one is elected and known to all of `among`."""
-        among = among or [h for h in self.hosts if h.running() and h not in self.partitioned]
+        among = among or [h for h in self.voters if h.running() and h not in self.partitioned]
 
         def agreed():
             leaders = set()
@@ -93,7 +105,7 @@ class Cluster:
 
     def partition(self, host, raft_only=True):
         """Cut `host` off from the others (its own firewall drops their traffic both ways)."""
-        match = "-p tcp --dport %d" % RAFT_PORT, "-p tcp --sport %d" % RAFT_PORT
+        match = tuple("-p tcp --%s %d" % (way, port) for port in (RAFT_PORT, FEED_PORT) for way in ("dport", "sport"))
         for other in self.hosts:
             if other is host:
                 continue
