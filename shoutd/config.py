@@ -69,6 +69,20 @@ def _prefix(text):
     return value
 
 
+def _five_from(text):
+    value = int(text)
+    if not 5 <= value <= 100000:
+        raise ValueError("%d is not between 5 and 100000" % value)
+    return value
+
+
+def _seconds(text):
+    value = float(text)
+    if not 5 <= value <= 86400:
+        raise ValueError("%g is not between 5 and 86400 seconds" % value)
+    return value
+
+
 SETTINGS = [
     Setting("advertise_address", "", "this host's VTEP and Raft address (default: the address of "
             "the interface on the default route)", _ipv4),
@@ -88,6 +102,10 @@ SETTINGS = [
     Setting("default_subnet_size", 24, "prefix length of subnets taken from default_pool", _prefix),
     Setting("journal_sync", True, "fsync the Raft journal before acknowledging a change, so that "
             "acknowledged changes survive a power loss (yes or no)", _boolean),
+    Setting("voters_five_from", 7, "from this many members on, 5 hosts vote (are in Raft) instead of 3; "
+            "the others are replicas. Read on the leader", _five_from),
+    Setting("voter_lost_after", 60.0, "seconds a voter may be silent before the leader puts a replica in its "
+            "place", _seconds),
     Setting("log_level", "info", "debug, info, warning or error"),
 ]
 

@@ -37,7 +37,7 @@ from .raft.feed import Feed, feed_address
 from .raft.replica_node import ReplicaNode
 from .service import Service
 from .state import EVERYTHING, ENDPOINTS, GROUPS, MEMBERS, NETWORKS, STATE_VERSION
-from .roles import VoterRecord
+from .roles import Voters
 from .versions import Versions, check_state_version, remember_state_version
 
 log = logging.getLogger("shoutd")
@@ -159,7 +159,8 @@ class Daemon:
                              self.service.cluster.making_replica)
         self.listeners = Listeners(worker, self.node, raft, raft.submit)
         self.versions = Versions(self.node, raft, raft.submit, cfg.advertise_address, socket.gethostname())
-        self.voter_record = VoterRecord(self.node, raft, raft.submit)
+        self.voters = Voters(self.node, raft, raft.submit, lambda: set(self.feed.sessions) if self.feed else set(),
+                             five_from=cfg.voters_five_from, lost_after=cfg.voter_lost_after)
         self._voters = None
         self.dbus = None
         self._role = None
@@ -189,13 +190,16 @@ class Daemon:
             self.mirror.kick()
         if parts & {MEMBERS, NETWORKS, GROUPS} or status.silent != self._silent:
             self.listeners.kick()
-        self._silent = status.silent
         if parts & {MEMBERS} or status.role != self._role:
             self.versions.kick()
-        if parts & {MEMBERS} or status.role != self._role or set(status.nodes) != self._voters:
-            self.voter_record.kick()
+        if parts & {MEMBERS} or status.role != self._role or set(status.nodes) != self._voters \
+                or status.silent != self._silent:
+            self.voters.kick()
             self._voters = set(status.nodes)
+        if isinstance(self.raft, ReplicaNode) and self.node in self.raft.state.data["voters"] and current:
+            self.promoted()
         self._role = status.role
+        self._silent = status.silent
         if self.raft.state.version > self._version_kept:
             self._version_kept = self.raft.state.version
             remember_state_version(self.cfg.state_dir, self._version_kept)
@@ -217,6 +221,16 @@ class Daemon:
             await self.register()
         except ShoutdError as e:
             log.error("joining the cluster of %s failed: %s", ", ".join(members), e)
+
+    def promoted(self):
+        """The leader named this replica a voter (roles.py): start again as one, with a journal of its own."""
+        if self.exit_code == AGAIN:
+            return
+        voters = self.raft.state.data["voters"]
+        log.info("promoted to voter by the leader; voters %s: starting again as one", ", ".join(voters))
+        self.member_file.remember_members(voters)
+        self.exit_code = AGAIN
+        self.stopping.set()
 
     async def connect_dbus(self):
         try:
@@ -310,7 +324,7 @@ class Daemon:
         self.mirror.start()
         self.listeners.start()
         self.versions.start()
-        self.voter_record.start()
+        self.voters.start()
         await self.connect_dbus()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
@@ -326,7 +340,7 @@ class Daemon:
                 task.cancel()
             await self.listeners.stop()
             await self.versions.stop()
-            await self.voter_record.stop()
+            await self.voters.stop()
             if self.feed is not None:
                 await self.feed.stop()
             await self.mirror.stop()

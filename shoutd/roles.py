@@ -17,12 +17,13 @@ good (removed, or silent for LOST_AFTER) goes first, which keeps a majority
 reachable while the set is short; then the set is filled from the replicas
 that are up, in a stable order so that every leader picks alike.
 
-The leader also keeps the state's record of who votes (`voters_set`) equal to
-Raft's membership: replicas read it to find the voters, and every host shows
-each member's role from it.
+The state's record of who votes (`voters_set`) leads, and Raft follows
+(`Voters`): replicas read the record to find the voters, a replica named in
+it becomes one, and every host shows each member's role from it.
 """
 
 import logging
+import time
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from .errors import ShoutdError
@@ -61,26 +62,81 @@ def next_change(voters: Sequence[str], members: Iterable[str], lost: Iterable[st
     return None                                # more healthy voters than the target stay: never demote one
 
 
-class VoterRecord(KickLoop):
-    """On the leader: record Raft's membership in the state (voters_set) whenever they differ."""
+class Voters(KickLoop):
+    """On the leader: keep Raft's membership equal to the voters the state records, and the record right.
 
-    def __init__(self, node, view, submit, interval=30.0):
+    The state's voters (voters_set) are the intent; Raft follows, one change
+    at a time.  So every change of who votes starts as a state change that
+    every host sees: a replica named a voter starts again as one (daemon.py),
+    and this loop then adds it to Raft.  AddPeer and RemovePeer of a voter
+    change the record the same way (service/membership.py).  Until the state
+    records voters (a cluster that just reached state version 6), the loop
+    records Raft's members as they are.
+    """
+
+    def __init__(self, node, view, submit, replicas_up, five_from=7, lost_after=LOST_AFTER, interval=5.0):
         super().__init__(interval, view.caught_up)
         self.node = node
-        self.view = view                 # state, status, caught_up (the RaftNode)
+        self.view = view                 # state, status, caught_up, change_membership (the RaftNode)
         self.submit = submit
+        self.replicas_up = replicas_up   # () -> the replicas that follow this host now (feed sessions)
+        self.five_from = five_from
+        self.lost_after = lost_after
+        self._silent_since = {}          # voter -> when this leader first saw it silent
+        self._lost = set()               # voters this leader removed as lost: never promoted again by it
 
     async def step(self, periodic):
         state, status = self.view.state, self.view.status
         if status.role != "leader" or state.version < RECORD_SINCE:
+            self._silent_since.clear()
             return
-        voters = sorted(status.nodes)
-        if voters == state.data["voters"]:
-            return
+        raft, recorded = sorted(status.nodes), state.data["voters"]
         try:
-            await self.submit(ops.voters_set(self.node, voters))
+            if not recorded:
+                await self._record(raft, "recorded as Raft has them")
+            elif set(raft) != set(recorded):
+                await self._follow(raft, recorded)
+            else:
+                await self._plan(recorded, status)
         except ShoutdError as e:
-            log.info("recording the voters %s: %s; trying again", ", ".join(voters), e)
+            log.info("voters: %s; trying again", e)
             self.kick(delay=1.0)
+
+    async def _record(self, voters, why):
+        await self.submit(ops.voters_set(self.node, voters))
+        log.info("voters now %s (%s)", ", ".join(sorted(voters)), why)
+
+    async def _follow(self, raft, recorded):
+        """One Raft membership change toward the recorded voters."""
+        gone = sorted(set(raft) - set(recorded))
+        kind, addr = ("rem", gone[0]) if gone else ("add", sorted(set(recorded) - set(raft))[0])
+        log.info("Raft membership: %s %s, as the state records", "removing" if gone else "adding", addr)
+        await self.view.change_membership(kind, addr)
+        self.kick()
+
+    async def _plan(self, voters, status):
+        now = time.monotonic()
+        silent = set(status.silent)
+        for v in list(self._silent_since):
+            if v not in silent:
+                del self._silent_since[v]
+        for v in silent:
+            self._silent_since.setdefault(v, now)
+        lost = [v for v, since in self._silent_since.items() if now - since >= self.lost_after]
+        members = self.view.state.members
+        # Replicas that follow this leader are surely up; if none does, any replica not lost before
+        # (one that turns out dead is removed as lost in its turn).
+        replicas = set(members) - set(voters) - self._lost
+        up = set(self.replicas_up()) & replicas or replicas
+        change = next_change(voters, members, lost, up, voter_target(len(set(members) | set(voters)),
+                                                                     self.five_from))
+        if change is None:
+            if self._silent_since:
+                self.kick(delay=1.0)         # look again when a silence may have become a loss
             return
-        log.info("voters now %s", ", ".join(voters))
+        kind, addr = change
+        if kind == "remove":
+            self._lost.add(addr)
+            await self._record([v for v in voters if v != addr], "%s silent for %.0fs" % (addr, self.lost_after))
+        else:
+            await self._record(list(voters) + [addr], "replica %s promoted" % addr)

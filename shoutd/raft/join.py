@@ -129,6 +129,11 @@ class MemberFile:
         self.known = members
         self._write(members)
 
+    def remember_members(self, members):
+        """This host is a Raft member with `members` from now on (a promoted replica)."""
+        self.replica_of, self.known = [], sorted(members)
+        self._write(self.known)
+
     def remember_replica(self, voters):
         """This host follows `voters` from now on (and after a restart)."""
         self.replica_of, self.known = sorted(voters), []

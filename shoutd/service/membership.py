@@ -52,21 +52,36 @@ class Membership:
         if state.data["voters"] and len(st.nodes) >= voter_target(len(everyone)):
             return await self._add_replica(addr, sorted(st.nodes), began)
         members = sorted(set(st.nodes) | {addr})
-        await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
-        await raft.change_membership("add", addr, timeout=CHANGE_BUDGET - (time.monotonic() - began))
+        recorded = list(state.data["voters"])
+        if recorded:
+            # The record leads and the leader's loop changes Raft (roles.Voters); undone if the host refuses.
+            await self.cluster.submit(ops.voters_set(self.cluster.node, recorded + [addr]))
+            try:
+                await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
+            except ShoutdError:
+                await self.cluster.submit(ops.voters_set(self.cluster.node, recorded))
+                raise
+            await self._until(lambda: addr in raft.status.nodes, began, "the cluster did not add %s to Raft" % addr)
+        else:
+            await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
+            await raft.change_membership("add", addr, timeout=CHANGE_BUDGET - (time.monotonic() - began))
         log.info("peer %s added to the cluster; members now %s", addr, ", ".join(members))
         return addr
+
+    @staticmethod
+    async def _until(done, began, failure):
+        while not done():
+            if time.monotonic() - began > CHANGE_BUDGET:
+                raise ShoutdError("%s within %gs" % (failure, CHANGE_BUDGET), UNAVAILABLE)
+            await asyncio.sleep(0.1)       # another host acts: the leader's loop (roles.Voters), or the new host
 
     async def _add_replica(self, addr, voters, began):
         """A replica joins by registering through a voter: no Raft membership change."""
         await ask_to_join(self.cluster.raft.secret, addr, voters, timeout=JOIN_ASK_TIMEOUT, replica=True)
-        while addr not in self.cluster.state().members:
-            if time.monotonic() - began > CHANGE_BUDGET:
-                raise ShoutdError("%s agreed to join as a replica of %s but has not registered within %gs; see its "
-                                  "log (`journalctl -u shoutd` there): it must reach a voter on TCP %s"
-                                  % (addr, ", ".join(voters), CHANGE_BUDGET,
-                                     feed_address(voters[0]).rsplit(":", 1)[1]), UNAVAILABLE)
-            await asyncio.sleep(0.1)       # its registration comes through its voter
+        await self._until(lambda: addr in self.cluster.state().members, began,
+                          "%s agreed to join as a replica of %s but has not registered through one of them (it "
+                          "must reach a voter on TCP %s; see its log)"
+                          % (addr, ", ".join(voters), feed_address(voters[0]).rsplit(":", 1)[1]))
         log.info("peer %s added to the cluster as a replica of %s", addr, ", ".join(voters))
         return addr
 
@@ -92,7 +107,16 @@ class Membership:
             raise ShoutdError("%s is this host; run RemovePeer on another member" % addr, INVALID, "InvalidAddress")
         if addr not in st.nodes and addr not in self.cluster.state().members:
             raise ShoutdError("%s is not a member of the cluster" % addr, NOT_FOUND, "NotMember")
-        if addr in st.nodes:
+        if addr in self.cluster.state().data["voters"]:
+            # Removing the member takes it off the record too; the leader's loop (roles.Voters) then
+            # takes it out of Raft, and promotes no one in its place for it.
+            began = time.monotonic()
+            state = self.cluster.state()
+            await self.cluster.submit(ops.member_remove(addr) if addr in state.members else
+                                      ops.voters_set(self.cluster.node, [v for v in state.data["voters"] if v != addr]))
+            await self._until(lambda: addr not in self.cluster.raft.status.nodes, began,
+                              "the cluster did not remove %s from Raft" % addr)
+        elif addr in st.nodes:
             await self.cluster.raft.change_membership("rem", addr, timeout=CHANGE_BUDGET)
         if addr in self.cluster.state().members:
             await self.cluster.submit(ops.member_remove(addr))

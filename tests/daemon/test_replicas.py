@@ -73,3 +73,36 @@ def test_a_host_beyond_three_voters_joins_as_a_replica_follows_writes_and_outliv
     replica.start(secret)
     wait_for(lambda: replica.bus.status()["Roles"] == everyone, what="the replica's roles after its restart")
     assert reaches(r1, s1_ip)
+
+
+def test_a_voter_lost_for_good_is_replaced_by_a_replica_without_anyone_acting(world):
+    secret = world.secret()
+    hosts = [world.host() for _ in range(4)]
+    voters, replica = hosts[:3], hosts[3]
+    fast = ["--voter-lost-after", "5"]
+    for h in voters:
+        h.start(secret, world.bus(), peers=[o.ip for o in voters if o is not h], wait=False, extra=fast)
+    for h in voters:
+        h.wait_registered()
+    wait_for(lambda: any("voters now 198.20.0.1:7380, 198.20.0.2:7380, 198.20.0.3:7380" in h.read_log()
+                         for h in voters), timeout=30, what="the leader's record of the voters")
+    replica.start(secret, world.bus(), extra=fast)
+    voters[0].bus.busctl(*CALL, "AddPeer", "s", replica.ip)
+    replica.wait_log("registered;", times=2)
+    leader = voters[0].bus.status()["Leader"]
+    victim = next(h for h in voters if h.member != leader)
+    victim.kill()
+    replica.wait_log("promoted to voter", timeout=30)
+    replica.wait_log("registered;", times=3, timeout=30)        # again, as a voter with a journal of its own
+    survivors = [h for h in voters if h is not victim]
+    now = {h.member: "voter" for h in survivors + [replica]}
+    now[victim.member] = "replica"                              # a member still, voting no more
+    wait_for(lambda: all(h.bus.status()["Roles"] == now for h in survivors + [replica]), timeout=30,
+             what="the replica voting in the lost voter's place")
+    assert sorted(m[0] for m in replica.bus.status()["Members"]) == sorted(now)
+    # Fault tolerance is back: with a second voter down, the other two and the promoted host still commit.
+    other = next(h for h in survivors if h.member != replica.bus.status()["Leader"])
+    other.kill()
+    pool = replica.plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": "10.68.0.0/24",
+                                                     "Options": {}, "V6": False}, timeout=30)
+    assert pool["Pool"] == "10.68.0.0/24"

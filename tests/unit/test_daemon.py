@@ -36,7 +36,7 @@ def one_node(tmp_path):
     addr = "127.0.0.1:%d" % port
     cfg = types.SimpleNamespace(raft_address=addr, advertise_address="127.0.0.1", docker_socket="/nonexistent",
                                 driver_name="shoutd", state_dir=str(tmp_path), default_pool="10.213.0.0/16",
-                                default_pool_prefix=24)
+                                default_pool_prefix=24, voters_five_from=7, voter_lost_after=60.0)
     raft = RaftNode(addr, [], SECRET)
 
     def daemon(notifier):

@@ -131,7 +131,8 @@ def test_a_replica_whose_voter_dies_follows_another_and_catches_up_on_what_it_mi
                     what="the replica follows another voter")
         await same_state(follower, alive)
         ip = await follower.submit({"op": "ip_allocate", "node": "replica-1:7380", "network": net["id"]})
-        assert ip in alive[1].state.networks["n1"]["addresses"]
+        assert follower.state.networks["n1"]["addresses"][ip]["node"] == "replica-1:7380"
+        await until(lambda: all(ip in n.state.networks["n1"]["addresses"] for n in alive), what="on every voter")
         await follower.stop()
     asyncio.run(main())
 

@@ -37,21 +37,63 @@ def test_healthy_voters_beyond_the_target_are_never_demoted():
     assert next_change(["a", "b", "c", "d", "e"], list("abcde"), lost=[], up=[], target=3) is None
 
 
+class Leader(View):
+    """The leader's view for roles.Voters: Raft's members, who is silent, and its membership changes."""
+
+    def __init__(self, state, raft, silent=()):
+        super().__init__(state)
+        self.status = RaftStatus(self="a", leader="a", role="leader", nodes={v: "c" for v in raft},
+                                 silent=tuple(silent))
+        self.changes = []
+
+    async def change_membership(self, kind, addr, timeout=30.0):
+        self.changes.append((kind, addr))
+        nodes = dict(self.status.nodes)
+        if kind == "add":
+            nodes[addr] = "c"
+        else:
+            nodes.pop(addr)
+        self.status = RaftStatus(self="a", leader="a", role="leader", nodes=nodes, silent=self.status.silent)
+
+
 def test_the_leader_records_raft_s_voters_once_the_cluster_runs_state_version_6():
     async def main():
-        view = View(registered(6, 6, 6))
+        view = Leader(registered(6, 6, 6), raft="ab")
         view.state.apply(ops.cluster_version("a", 5))
-        view.status = RaftStatus(self="a", leader="a", role="leader", nodes={"a": "self", "b": "c"})
-        record = roles.VoterRecord("a", view, view.submit)
-        await record.step(False)
+        loop = roles.Voters("a", view, view.submit, set)
+        await loop.step(False)
         assert view.proposed == [], "state version 5: the op would be refused"
         view.state.apply(ops.cluster_version("a", 6))
-        await record.step(False)
+        await loop.step(False)
         assert [op["op"] for op in view.proposed] == ["voters_set"] and view.state.data["voters"] == ["a", "b"]
         assert view.state.role("c") == "replica"
-        await record.step(False)
-        assert len(view.proposed) == 1, "recorded once"
         follower = View(view.state, role="follower", voters=("a", "b", "c"))
-        await roles.VoterRecord("b", follower, follower.submit).step(False)
-        assert follower.proposed == [], "only the leader records"
+        await roles.Voters("b", follower, follower.submit, set).step(False)
+        assert follower.proposed == [], "only the leader acts"
+    asyncio.run(main())
+
+
+def test_raft_follows_the_recorded_voters_and_a_lost_voter_is_replaced_by_a_replica_that_is_up():
+    async def main():
+        view = Leader(registered(6, 6, 6, 6, 6), raft="abc")          # a b c vote; d and e are replicas
+        view.state.apply(ops.cluster_version("a", 6))
+        view.state.apply(ops.voters_set("a", ["a", "b", "c"]))
+        loop = roles.Voters("a", view, view.submit, lambda: {"e"}, lost_after=5.0)
+        await loop.step(False)
+        assert view.proposed == [] and view.changes == [], "three healthy voters: nothing to do"
+        view.status = RaftStatus(self="a", leader="a", role="leader", nodes=view.status.nodes, silent=("c",))
+        await loop.step(False)
+        assert view.proposed == [], "silent, not yet lost"
+        loop._silent_since["c"] -= 5.0                                  # five seconds later
+        await loop.step(False)
+        assert view.state.data["voters"] == ["a", "b"], "the lost voter leaves the record first"
+        await loop.step(False)
+        assert view.changes == [("rem", "c")], "then Raft"
+        view.status = RaftStatus(self="a", leader="a", role="leader", nodes=view.status.nodes)
+        await loop.step(False)
+        assert view.state.data["voters"] == ["a", "b", "e"], "e follows this leader: surely up, promoted"
+        await loop.step(False)
+        assert view.changes[-1] == ("add", "e")
+        await loop.step(False)
+        assert len(view.changes) == 2 and view.state.data["voters"] == ["a", "b", "e"], "settled"
     asyncio.run(main())
