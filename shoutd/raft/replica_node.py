@@ -19,7 +19,7 @@ import logging
 
 from ..errors import UNAVAILABLE, ShoutdError
 from .feed import feed_address
-from .node import Problem, RaftStatus
+from .node import Problem, RaftNode, RaftStatus
 from .replica import Follower
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,7 @@ class ReplicaNode:
             raise ShoutdError(self.halted, UNAVAILABLE, "UpgradeNeeded")
         return await (self.follower.submit(op) if timeout is None else self.follower.submit(op, timeout))
 
-    async def register(self, op):
-        self.caught_up.clear()
-        value = await self.submit(op)
-        self.caught_up.set()
-        self._on_change()
-        return value
+    register = RaftNode.register         # the same steps, through this host's submit
 
     async def change_membership(self, kind, addr, timeout=30.0):
         raise ShoutdError("this host is a replica; run %s on a voter: %s" % (
