@@ -357,6 +357,12 @@ class Daemon:
         return self.exit_code
 
 
+def forget_raft_files(files):
+    """A replica keeps no Raft journal, so a later promotion starts a voter's afresh, never from a replica's."""
+    journal.remove_files(*files[:2])
+    journal.remove_files(files[2], None)      # shoutd 0.1's log
+
+
 def main(argv=None):
     try:
         cfg = configmod.load(argv)
@@ -389,18 +395,17 @@ def main(argv=None):
         peers = sorted(set(peers) | set(remembered))
         log.info("member %s, peers: %s", cfg.raft_address, ", ".join(peers) or "none (single host)")
         host, port = cfg.raft_address.rsplit(":", 1)
+        # The journal, the snapshot, and shoutd 0.1's log.
         files = [os.path.join(cfg.state_dir, name) for name in ("raft.log", "raft.dump", "raft.journal")]
         if member_file.replica_of:
-            # A replica keeps no journal: a later promotion starts a voter's afresh, never from a replica's.
-            journal.remove_files(*files[:2])
-            journal.remove_files(files[2], None)
+            forget_raft_files(files)
             log.info("replica of %s", ", ".join(member_file.replica_of))
             raft, joins = ReplicaNode(cfg.raft_address, member_file.replica_of, secret), None
         else:
             check_port_free(host, int(port))
             joins = JoinRequests(cfg.raft_address, on_join=None)
             raft = RaftNode(cfg.raft_address, peers, secret, journal_file=files[0], dump_file=files[1],
-                            legacy_journal=files[2],     # shoutd 0.1's log
+                            legacy_journal=files[2],
                             durable=cfg.journal_sync,
                             utility_messages={**joins.handlers(), VERSION: answer_version(STATE_VERSION)})
             joins.node = raft
@@ -413,8 +418,7 @@ def main(argv=None):
         if code == AGAIN:
             raft.destroy()
             raft = None
-            journal.remove_files(*files[:2])
-            journal.remove_files(files[2], None)
+            forget_raft_files(files)
             worker.close()
             worker = None
             reexec.again()
