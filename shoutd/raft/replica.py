@@ -38,10 +38,11 @@ SETTLE_FOR = 120.0          # how long an unanswered write is withdrawn before g
 class Follower:
     """Follows the cluster through a voter; `state` is the replica's copy, read on the loop."""
 
-    def __init__(self, node, secret, voters, on_change=lambda: None):
+    def __init__(self, node, secret, voters, on_change=lambda: None, fallback=lambda: []):
         self.node = node
         self._secret = secret
         self._voters = voters       # () -> the voters' feed addresses, "host:port"
+        self._fallback = fallback   # () -> more addresses to try when no voter answered a whole round
         self._on_change = on_change
         self.state = ClusterState()
         self.voter = None           # the feed address of the voter followed now
@@ -70,20 +71,26 @@ class Follower:
         return voters[first:] + voters[:first]
 
     async def _run(self):
+        missed = False               # a whole round without a voter: the voters may all have changed
         while True:
             voters = self._order()
-            for addr in voters:
+            extra = [a for a in self._fallback() if a not in voters] if missed else []
+            if extra:
+                log.info("no voter of %s answers: trying the other members too", ", ".join(voters) or "none")
+            missed = True
+            for addr in voters + extra:
                 try:
                     await self._follow(addr)
                 except (ChannelError, OSError, asyncio.TimeoutError) as e:
                     if self.voter is not None:
+                        missed = False
                         log.warning("replica lost voter %s: %s", self.voter, e)
-                    else:
+                    elif addr in voters:
                         log.info("voter %s does not serve this replica: %s", addr, e or type(e).__name__)
                 finally:
                     self._lost()
                 await asyncio.sleep(RETRY_PAUSE)
-            if not voters:
+            if not voters and not extra:
                 await asyncio.sleep(RETRY_PAUSE)
 
     def _lost(self):

@@ -30,7 +30,7 @@ class ReplicaNode:
         self.self_addr = self_addr
         self.secret = secret
         self._configured = sorted(voters)     # the voters it was told of (members.json), until the state names them
-        self.follower = Follower(self_addr, secret, self._feeds, on_change=self._moved)
+        self.follower = Follower(self_addr, secret, self._feeds, on_change=self._moved, fallback=self._others)
         self.status = RaftStatus(self=self_addr, role="replica", nodes={self_addr: "self"})
         self.loop = None
         self.caught_up = None
@@ -42,6 +42,11 @@ class ReplicaNode:
 
     def _feeds(self):
         return [feed_address(v) for v in self.voters()]
+
+    def _others(self):
+        """Every other member's feed address: after a whole voter-set change missed, the new voters are there."""
+        voters = set(self.voters())
+        return [feed_address(m) for m in sorted(self.follower.state.members) if m not in voters and m != self.self_addr]
 
     def attach(self, loop, on_change=None):
         self.loop = loop

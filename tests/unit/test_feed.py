@@ -237,3 +237,16 @@ def test_strangers_get_a_nonce_and_nothing_else(voters, monkeypatch):
         follower = await replica(voters)                                   # and the feed still serves
         await follower.stop()
     asyncio.run(main())
+
+
+def test_a_replica_that_missed_a_whole_voter_set_change_finds_the_voters_among_the_members(voters):
+    async def main():
+        await voters.start()
+        (gone,) = free_ports(1)                  # what it last knew: a voter that no longer serves
+        follower = Follower("replica-1:7380", SECRET, lambda: ["127.0.0.1:%d" % gone], fallback=voters.addresses)
+        follower.start()
+        await asyncio.wait_for(follower.connected.wait(), 10)
+        assert follower.voter in voters.addresses()
+        await same_state(follower, voters.nodes)
+        await follower.stop()
+    asyncio.run(main())
