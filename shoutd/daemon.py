@@ -34,6 +34,8 @@ from .notify import Notifier
 from .raft import VERSION, JoinRequests, MemberFile, RaftNode, answer_version, check_port_free, check_pysyncobj
 from .raft import journal
 from .raft.feed import Feed, feed_address
+from .raft.channel import ChannelError
+from .raft.replica import ask_voters
 from .raft.replica_node import ReplicaNode
 from .service import Service
 from .state import EVERYTHING, ENDPOINTS, GROUPS, MEMBERS, NETWORKS, STATE_VERSION
@@ -46,6 +48,7 @@ log = logging.getLogger("shoutd")
 # (RestartPreventExitStatus in shoutd.service); only an upgrade helps.
 EXIT_NEWER_STATE = 78
 AGAIN = -1               # run() asks main() to start the daemon again in place (reexec.py)
+REMOVED_AFTER = 15.0     # seconds without a leader before a voter asks the others whether it still votes
 PLUGIN_RETRY = 60.0      # at most this many seconds between tries to install the managed plugin
 
 
@@ -290,6 +293,29 @@ class Daemon:
         self.feed = feed
         log.info("serving replicas on %s:%s", host, port)
 
+    async def rejoin_if_removed(self):
+        """A voter taken off the voters while it was away (roles.py) never hears a leader again: ask who votes."""
+        alone_since = None
+        while isinstance(self.raft, RaftNode) and not self.stopping.is_set():
+            await asyncio.sleep(REMOVED_AFTER / 3)    # how often a host without a leader looks
+            st = self.raft.status
+            if st.leader is not None or st.role == "halted":
+                alone_since = None
+                continue
+            alone_since = alone_since or time.monotonic()
+            if time.monotonic() - alone_since < REMOVED_AFTER:
+                continue
+            for peer in sorted(m for m in st.nodes if m != self.node):
+                try:
+                    voters, leader = await ask_voters(self.raft.secret, self.node, feed_address(peer))
+                except (ChannelError, OSError, asyncio.TimeoutError):
+                    continue
+                if leader and voters and self.node not in voters:
+                    log.warning("this host was taken off the voters while it was away (voters now %s, leader %s): "
+                                "joining again as a replica", ", ".join(voters), leader)
+                    await self.join(voters, replica=True)
+                    return
+
     async def watch_raft(self):
         """Leave (and let systemd restart us) if the Raft thread dies; see Notifier for a wedged one."""
         while not self.stopping.is_set():
@@ -329,6 +355,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         tasks = [asyncio.create_task(self.register()), asyncio.create_task(self.watch_raft()),
+                 asyncio.create_task(self.rejoin_if_removed()),
                  asyncio.create_task(self.install_plugin()),
                  asyncio.create_task(self.notifier.run(self.raft, self.stopping))]
         try:

@@ -186,6 +186,12 @@ class Feed:
                 raise ChannelError("a hello that does not say who it is and what it holds: %r" % (hello,))
             if not self._ready():
                 raise ChannelError("this voter has not caught up with its leader yet")
+            if hello.get("probe"):
+                # Who votes, for a host that lost its leader (daemon.py: a voter removed while away).
+                channel.send({"t": "welcome", "voter": self.node, "leader": self._leader(),
+                              "voters": self._state().data["voters"]})
+                await channel.drain()
+                return
             session = Session(node, channel)
             old = self.sessions.get(node)
             if old is not None:

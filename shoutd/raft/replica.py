@@ -35,6 +35,22 @@ SUBMIT_TIMEOUT = 10.0
 SETTLE_FOR = 120.0          # how long an unanswered write is withdrawn before giving up
 
 
+async def ask_voters(secret, node, addr):
+    """(the voters recorded, its leader) as the voter serving the feed at `addr` knows them; raises if none answers."""
+    host, port = addr.rsplit(":", 1)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT)
+    channel = await Channel.open(reader, writer, secret, initiator=True)
+    try:
+        channel.send({"t": "hello", "node": node, "at": [0, ""], "probe": True})
+        welcome = await channel.receive(HANDSHAKE_TIMEOUT)
+    finally:
+        channel.close()
+    voters = welcome.get("voters")
+    if welcome.get("t") != "welcome" or not isinstance(voters, list):
+        raise ChannelError("no answer about the voters")
+    return [str(v) for v in voters], welcome.get("leader")
+
+
 class Follower:
     """Follows the cluster through a voter; `state` is the replica's copy, read on the loop."""
 

@@ -100,6 +100,12 @@ def test_a_voter_lost_for_good_is_replaced_by_a_replica_without_anyone_acting(wo
     wait_for(lambda: all(h.bus.status()["Roles"] == now for h in survivors + [replica]), timeout=30,
              what="the replica voting in the lost voter's place")
     assert sorted(m[0] for m in replica.bus.status()["Members"]) == sorted(now)
+    # The lost voter comes back: it finds it votes no more, and follows as a replica.
+    victim.start(secret, wait=False, extra=fast)
+    victim.wait_log("taken off the voters while it was away", timeout=45)
+    victim.wait_log("replica follows voter", timeout=30)
+    wait_for(lambda: victim.bus.status()["Roles"] == now and victim.bus.status()["Ready"], timeout=30,
+             what="the lost voter back as a replica")
     # Fault tolerance is back: with a second voter down, the other two and the promoted host still commit.
     other = next(h for h in survivors if h.member != replica.bus.status()["Leader"])
     other.kill()
