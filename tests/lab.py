@@ -122,6 +122,7 @@ class Host:
         self.shoutd = None
         self.run_log_start = 0
         self.log = os.path.join(self.dir, "shoutd.log")
+        self.replica = False          # joins by AddPeer after the voters formed (Lab(replicas=N))
 
     def netns(self, *cmd, check=True, timeout=120):
         return sh(["nsenter", "--net=/run/netns/" + self.name] + list(cmd), check=check, timeout=timeout)
@@ -216,7 +217,8 @@ class Host:
                    os.path.join(self.dir, "shoutd.conf")], env=dict(os.environ, PYTHONPATH=ROOT), timeout=180)
 
     def start_shoutd(self):
-        peers = [h.ip for h in self.lab.hosts if h is not self]
+        # A replica starts alone until AddPeer; then members.json, not the config, says whom it follows.
+        peers = [] if self.replica else [h.ip for h in self.lab.hosts if h is not self and not h.replica]
         conf = self.write_config(peers)
         # What this run logs starts here: an earlier run may have been killed before it registered.
         self.run_log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
@@ -225,6 +227,8 @@ class Host:
                 f.write("log_level = debug\n")
         out = open(self.log, "ab")
         env = dict(os.environ, PYTHONPATH=ROOT, SHOUTD_TEST_FSYNC_DELAY=self.fsync_delay)
+        if self.n == 1 and self.lab.bus is not None:
+            env["DBUS_SYSTEM_BUS_ADDRESS"] = self.lab.bus.address     # AddPeer of the replicas goes there
         # A lab with slow disks runs the test build whose fsync a test can slow down (slowdisk.py).
         module = "tests.slowdisk" if self.lab.slow_disks else "shoutd"
         self.shoutd = subprocess.Popen(
@@ -308,7 +312,7 @@ class Host:
 
 class Lab:
     def __init__(self, hosts=3, base=None, prefix="sl", python=None, authz=(), slow_disks=False,
-                 engine=None, iptables=False, containerd_store=None, managed_plugin=False):
+                 engine=None, iptables=False, containerd_store=None, managed_plugin=False, replicas=0):
         self.authz = set(authz)       # hosts whose dockerd asks shoutd to authorize requests
         self.slow_disks = slow_disks  # shoutd's fsyncs can be slowed down (Host.slow_disk)
         # The Docker release every host runs (engines.py); SHOUTD_LAB_ENGINE picks one for the demo.
@@ -323,6 +327,9 @@ class Lab:
         self.secret = os.path.join(self.base, "secret")
         self.underlay = prefix + "-ul0"
         self.hosts = [Host(self, n) for n in range(1, hosts + 1)]
+        for h in self.hosts[hosts - replicas:]:
+            h.replica = True          # the last `replicas` hosts (shoutd/roles.py)
+        self.bus = None               # host 1's private system bus, for AddPeer, when there are replicas
         self._lock = None
 
     @property
@@ -372,6 +379,9 @@ class Lab:
         with open(self.secret, "w") as f:
             f.write(os.urandom(24).hex())
         os.chmod(self.secret, 0o600)
+        if any(h.replica for h in self.hosts) and self.bus is None:
+            from tests.hostlab import Bus
+            self.bus = Bus(self.base)
         for h in self.hosts:
             h.up()
         tar = build_image(image_cache)
@@ -395,6 +405,7 @@ class Lab:
         try:
             self.up()
             self.start_shoutd()
+            self.join_replicas()
         except BaseException:
             self.down()
             raise
@@ -409,6 +420,20 @@ class Lab:
             if h.shoutd is None or h.shoutd.poll() is not None:
                 h.start_shoutd()
         self.wait_ready()
+
+    def join_replicas(self):
+        """AddPeer, on host 1, of each replica host: it joins as a replica once the voters are recorded."""
+        replicas = [h for h in self.hosts if h.replica]
+        if not replicas:
+            return
+        voters = [h for h in self.hosts if not h.replica]
+        wait_for(lambda: any("voters now " in h.log_tail(200000) for h in voters), timeout=60,
+                 what="the voters recorded")
+        for h in replicas:
+            self.bus.busctl("call", "org.darkkitchen.Shoutd", "/org/darkkitchen/Shoutd", "org.darkkitchen.Shoutd",
+                            "AddPeer", "s", h.ip)
+            wait_for(lambda h=h: "replica follows voter" in h.log_tail(200000), timeout=60,
+                     what="%s following a voter" % h.name)
 
     def wait_ready(self, timeout=60):
         """Until every host's shoutd has registered itself with the cluster leader."""
@@ -441,7 +466,7 @@ class Lab:
     def leader(self, timeout=30):
         """The host whose shoutd every host last logged as leader (lab hosts have no system bus)."""
         def agreed():
-            last = {(h.raft_events()[1] or [None])[-1] for h in self.hosts}
+            last = {(h.raft_events()[1] or [None])[-1] for h in self.hosts if not h.replica}
             return last.pop().split()[2] if len(last) == 1 and None not in last else None
         member = wait_for(agreed, timeout=timeout, what="a leader that every host logged")
         return next(h for h in self.hosts if member.startswith(h.ip + ":"))
@@ -492,6 +517,8 @@ class Lab:
                     shutil.copy(os.path.join(h.dir, name), os.path.join(logs, "h%d-%s" % (h.n, name)))
             sh("umount -R %s/cg" % h.dir, check=False)
         self.down_network()
+        if self.bus is not None:
+            self.bus.stop()
         sh("iptables -D FORWARD -i %s -o %s -j ACCEPT" % (self.underlay, self.underlay), check=False)
         shutil.rmtree(self.base, ignore_errors=True)
         if self._lock is not None:
