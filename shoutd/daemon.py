@@ -35,7 +35,7 @@ from .raft import VERSION, JoinRequests, MemberFile, RaftNode, answer_version, c
 from .raft import journal
 from .raft.feed import Feed, feed_address
 from .raft.channel import ChannelError
-from .raft.replica import ask_voters
+from .raft.replica import probe
 from .raft.replica_node import ReplicaNode
 from .service import Service
 from .state import EVERYTHING, ENDPOINTS, GROUPS, MEMBERS, NETWORKS, STATE_VERSION
@@ -160,7 +160,9 @@ class Daemon:
                                kernel_prunes=underlay.vxlan_mdb)
         self.mirror = Mirror(self.engine, cfg.driver_name, self.node, raft.submit, raft,
                              self.service.cluster.making_replica)
-        self.listeners = Listeners(worker, self.node, raft, raft.submit)
+        self.listeners = Listeners(worker, self.node, raft, raft.submit,
+                                   replicas_gone=lambda: self.feed.gone if self.feed else {},
+                                   served_elsewhere=self.served_elsewhere)
         self.versions = Versions(self.node, raft, raft.submit, cfg.advertise_address, socket.gethostname())
         self.voters = Voters(self.node, raft, raft.submit, lambda: set(self.feed.sessions) if self.feed else set(),
                              five_from=cfg.voters_five_from, lost_after=cfg.voter_lost_after)
@@ -307,14 +309,28 @@ class Daemon:
                 continue
             for peer in sorted(m for m in st.nodes if m != self.node):
                 try:
-                    voters, leader = await ask_voters(self.raft.secret, self.node, feed_address(peer))
+                    answer = await probe(self.raft.secret, self.node, feed_address(peer))
                 except (ChannelError, OSError, asyncio.TimeoutError):
                     continue
+                voters, leader = answer["voters"], answer["leader"]
                 if leader and voters and self.node not in voters:
                     log.warning("this host was taken off the voters while it was away (voters now %s, leader %s): "
                                 "joining again as a replica", ", ".join(voters), leader)
                     await self.join(voters, replica=True)
                     return
+
+    async def served_elsewhere(self, replica):
+        """Whether another voter's feed serves `replica` now: it moved there, rather than died."""
+        for voter in self.raft.state.data["voters"]:
+            if voter == self.node:
+                continue
+            try:
+                answer = await probe(self.raft.secret, self.node, feed_address(voter))
+            except (ChannelError, OSError, asyncio.TimeoutError):
+                continue
+            if replica in answer["serves"]:
+                return True
+        return False
 
     async def watch_raft(self):
         """Leave (and let systemd restart us) if the Raft thread dies; see Notifier for a wedged one."""

@@ -14,7 +14,8 @@ replicated state say which those are, and three things keep them true:
   `interval` seconds) puts it right, so no group stays open or closed by mistake.
 - The leader forgets the groups of a member it has not heard from for
   SILENT_AFTER seconds (a host that died keeps no traffic flowing to it); the
-  member reports them again once it is back.
+  member reports them again once it is back.  A replica is not in Raft: the
+  voter it followed forgets its groups once no voter serves it for as long.
 
 Why the replicated state rather than a channel of its own: listeners change
 at the pace of containers starting and stopping, a burst costs few commits,
@@ -40,8 +41,11 @@ SILENT_AFTER = 10.0    # seconds without a word from a member before its groups 
 
 
 class Listeners(KickLoop):
-    def __init__(self, worker, node, view, submit, interval=10.0, clock=None):
+    def __init__(self, worker, node, view, submit, interval=10.0, clock=None, replicas_gone=dict,
+                 served_elsewhere=None):
         super().__init__(interval, view.caught_up)
+        self.replicas_gone = replicas_gone          # () -> {replica: when its session on this voter ended}
+        self.served_elsewhere = served_elsewhere    # async (replica) -> whether another voter serves it
         self.worker = worker
         self.node = node
         self.view = view                  # state, status, caught_up (the RaftNode)
@@ -79,6 +83,7 @@ class Listeners(KickLoop):
             await asyncio.sleep(BATCH)
         await self.report()
         await self.withdraw_silent()
+        await self.withdraw_gone_replicas()
 
     async def report(self):
         """Propose this host's groups wherever the state says otherwise."""
@@ -135,3 +140,29 @@ class Listeners(KickLoop):
                 continue
             log.info("member %s silent for %.0f s: its multicast listeners withdrawn from %d network(s)",
                      member, now - since, count)
+
+    async def withdraw_gone_replicas(self):
+        """On a voter: forget the groups of a replica that left it SILENT_AFTER ago and that no other voter serves.
+
+        Replicas are not in Raft, so no silence there tells of them; their
+        voter is the one that knows (raft/feed.py).  A replica that merely
+        moved to another voter is served there, and keeps its groups.
+        """
+        gone = self.replicas_gone()
+        now = self.clock()
+        for member, since in sorted(gone.items()):
+            if now - since < SILENT_AFTER:
+                self.kick(delay=SILENT_AFTER - (now - since) + 0.1)
+                continue
+            if not any(member in n["listeners"] for n in self.view.state.networks.values()) or (
+                    self.served_elsewhere is not None and await self.served_elsewhere(member)):
+                gone.pop(member, None)
+                continue
+            try:
+                count = await self.submit(ops.groups_withdraw(self.node, member))
+            except ShoutdError as e:
+                log.warning("cannot withdraw the multicast listeners of replica %s: %s", member, e)
+                continue
+            gone.pop(member, None)
+            log.info("replica %s gone for %.0f s and served by no voter: its multicast listeners withdrawn from "
+                     "%d network(s)", member, now - since, count)

@@ -94,6 +94,7 @@ class Feed:
         self._state = state
         self._submit = submit
         self.sessions = {}          # replica node -> Session
+        self.gone = {}              # replica node -> loop time its session here ended (multicast.py reads it)
         self._tail = collections.deque()   # (count, digest, op), counts consecutive
         self._base = state().applied        # (count, digest) just before the tail
         self._server = None
@@ -153,6 +154,7 @@ class Feed:
     def _forget(self, session):
         if self.sessions.get(session.node) is session:
             del self.sessions[session.node]
+            self.gone[session.node] = asyncio.get_running_loop().time()
             log.info("replica %s left this voter", session.node)
         session.channel.close()
 
@@ -187,9 +189,10 @@ class Feed:
             if not self._ready():
                 raise ChannelError("this voter has not caught up with its leader yet")
             if hello.get("probe"):
-                # Who votes, for a host that lost its leader (daemon.py: a voter removed while away).
+                # Who votes, for a host that lost its leader (daemon.py: a voter removed while away), and
+                # whom this voter serves, for a voter that lost a replica (multicast.py).
                 channel.send({"t": "welcome", "voter": self.node, "leader": self._leader(),
-                              "voters": self._state().data["voters"]})
+                              "voters": self._state().data["voters"], "serves": sorted(self.sessions)})
                 await channel.drain()
                 return
             session = Session(node, channel)
@@ -197,6 +200,7 @@ class Feed:
             if old is not None:
                 self._forget(old)            # the same replica, reconnected before its old channel timed out
             self.sessions[node] = session
+            self.gone.pop(node, None)
             session.push({"t": "welcome", "voter": self.node, "leader": self._leader()})
             tail = self._since(*at)
             for message in tail if tail is not None else [self._snapshot()]:

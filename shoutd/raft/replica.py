@@ -35,8 +35,10 @@ SUBMIT_TIMEOUT = 10.0
 SETTLE_FOR = 120.0          # how long an unanswered write is withdrawn before giving up
 
 
-async def ask_voters(secret, node, addr):
-    """(the voters recorded, its leader) as the voter serving the feed at `addr` knows them; raises if none answers."""
+async def probe(secret, node, addr):
+    """What the voter serving the feed at `addr` says of the cluster: {"voters", "leader", "serves"}.
+
+    Raises ChannelError (or OSError, TimeoutError) if none answers."""
     host, port = addr.rsplit(":", 1)
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT)
     channel = await Channel.open(reader, writer, secret, initiator=True)
@@ -45,10 +47,11 @@ async def ask_voters(secret, node, addr):
         welcome = await channel.receive(HANDSHAKE_TIMEOUT)
     finally:
         channel.close()
-    voters = welcome.get("voters")
-    if welcome.get("t") != "welcome" or not isinstance(voters, list):
+    if welcome.get("t") != "welcome" or not isinstance(welcome.get("voters"), list) or \
+            not isinstance(welcome.get("serves", []), list):
         raise ChannelError("no answer about the voters")
-    return [str(v) for v in voters], welcome.get("leader")
+    return {"voters": [str(v) for v in welcome["voters"]], "leader": welcome.get("leader"),
+            "serves": [str(r) for r in welcome.get("serves", [])]}
 
 
 class Follower:

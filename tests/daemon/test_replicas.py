@@ -6,10 +6,12 @@ through the plugin API (hostlab.container), with real veths and VXLAN.
 
 import os
 import re
+import time
 
 from ..hostlab import container
-from ..support import sh, wait_for
+from ..support import join_groups, sh, wait_for
 from .test_dbus import CALL
+from .test_multicast import GROUP, listeners
 
 
 def followed(host):
@@ -112,3 +114,45 @@ def test_a_voter_lost_for_good_is_replaced_by_a_replica_without_anyone_acting(wo
     pool = replica.plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": "10.68.0.0/24",
                                                      "Options": {}, "V6": False}, timeout=30)
     assert pool["Pool"] == "10.68.0.0/24"
+
+
+def test_a_replica_that_dies_loses_its_multicast_listeners_and_one_that_moves_keeps_them(world):
+    secret = world.secret()
+    hosts = [world.host() for _ in range(4)]
+    voters, replica = hosts[:3], hosts[3]
+    for h in voters:
+        h.start(secret, world.bus(), peers=[o.ip for o in voters if o is not h], wait=False)
+    for h in voters:
+        h.wait_registered()
+    wait_for(lambda: any("voters now " in h.read_log() for h in voters), timeout=30, what="the voters recorded")
+    replica.start(secret, world.bus())
+    voters[0].bus.busctl(*CALL, "AddPeer", "s", replica.ip)
+    replica.wait_log("registered;", times=2)
+    pool = voters[0].plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": "10.69.0.0/24",
+                                                       "Options": {}, "V6": False})["PoolID"]
+    nets = {}
+    for h in hosts:
+        nets[h.n] = "%064x" % (200 + h.n)
+        h.plugin("NetworkDriver.CreateNetwork", {"NetworkID": nets[h.n], "Options": {"com.docker.network.generic": {}},
+                                                 "IPv4Data": [{"AddressSpace": "shoutd", "Pool": "10.69.0.0/24"}]})
+    ns, ip = container(world, replica, pool, nets[replica.n], "m4")
+    bus = voters[0].bus
+    joined = join_groups(ns, ip, GROUP)
+    try:
+        where = "(%s)" % replica.ip
+        wait_for(lambda: any(where in h for h in listeners(bus).get(GROUP, [])), timeout=15,
+                 what="the replica listed for " + GROUP)
+        # Its voter dies: the replica moves to another, which serves it, so its groups stay.
+        gone = wait_for(lambda: followed(replica), what="the voter the replica follows")
+        moved = next(h for h in voters if h.ip == gone)
+        moved.kill()
+        wait_for(lambda: followed(replica) not in (None, gone), timeout=30, what="the replica following another")
+        survivor = next(h for h in voters if h is not moved)
+        time.sleep(12)                    # longer than multicast.SILENT_AFTER
+        assert any(where in h for h in listeners(survivor.bus).get(GROUP, [])), "a replica that moved keeps them"
+        # The replica dies: the voter it followed withdraws its groups once no voter serves it.
+        replica.kill()
+        wait_for(lambda: GROUP not in listeners(survivor.bus), timeout=40, what="the dead replica's groups withdrawn")
+        assert "served by no voter" in "".join(h.read_log() for h in voters)
+    finally:
+        joined.kill()
