@@ -282,8 +282,11 @@ class Daemon:
         raft = self.raft
         if not isinstance(raft, RaftNode):
             return
+        membership = self.service.membership
         feed = Feed(self.node, raft.secret, lambda: raft.state, raft.submit, ready=raft.caught_up.is_set,
-                    leader=lambda: raft.status.leader if raft.status.has_quorum else None)
+                    leader=lambda: raft.status.leader if raft.status.has_quorum else None,
+                    membership=lambda kind, addr: (membership.add_peer if kind == "add" else
+                                                   membership.remove_peer)(addr))
         host, port = feed_address(self.node).rsplit(":", 1)
         try:
             await feed.start(host, int(port))

@@ -15,6 +15,10 @@ whole state once (a snapshot), then ops.  A snapshot installed here (this
 voter was far behind its leader) breaks the tail, so every replica then gets
 the new state whole.
 
+Membership.  AddPeer and RemovePeer on a replica run on its voter, as
+if called there (service/membership.py); they are not resent to another
+voter when the channel breaks: the caller is told, and looks.
+
 Writes.  A replica's write goes to its voter, which proposes it as its own
 (RaftNode.submit) and answers once its state has applied it.  The op reached
 the replica before the answer, on the same channel, so the replica reads its
@@ -86,8 +90,9 @@ class Feed:
     LoopReplica.on_apply).
     """
 
-    def __init__(self, node, secret, state, submit, leader=lambda: None, ready=lambda: True):
+    def __init__(self, node, secret, state, submit, leader=lambda: None, ready=lambda: True, membership=None):
         self.node = node
+        self._membership = membership   # async (kind "add" | "remove", address) -> value: AddPeer, RemovePeer
         self._ready = ready         # () -> whether this voter's state is current: never serve an old one
         self._leader = leader       # () -> the leader this voter knows of, told to replicas
         self._secret = secret
@@ -209,7 +214,7 @@ class Feed:
                      "%d ops to catch up" % len(tail) if tail is not None else "sent the state whole")
             while True:
                 message = await channel.receive(DEAD_AFTER)
-                if message.get("t") == "submit":
+                if message.get("t") in ("submit", "membership"):
                     asyncio.ensure_future(self._answer(session, message))
                 await channel.drain()
         except ChannelError as e:
@@ -224,9 +229,17 @@ class Feed:
     async def _answer(self, session, message):
         reply = {"t": "result", "id": message.get("id")}
         try:
-            op = message.get("op")
-            whose(op, session.node)
-            reply["value"] = await self._submit(op)
+            if message.get("t") == "membership":
+                # AddPeer or RemovePeer run on a replica (its D-Bus checked the caller): the same call here.
+                kind, address = message.get("kind"), message.get("address")
+                if self._membership is None or kind not in ("add", "remove") or not isinstance(address, str):
+                    raise ShoutdError("voter %s cannot change the membership for a replica" % self.node, INVALID)
+                log.info("replica %s asks to %s peer %s", session.node, kind, address)
+                reply["value"] = await self._membership(kind, address)
+            else:
+                op = message.get("op")
+                whose(op, session.node)
+                reply["value"] = await self._submit(op)
         except ShoutdError as e:
             reply.update(error=e.message, kind=e.kind, name=e.name)
         except Exception as e:  # noqa: BLE001 - one replica's write must not end the feed

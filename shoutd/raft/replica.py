@@ -69,7 +69,8 @@ class Follower:
         self.leader = None          # the leader that voter knows of
         self.taken_whole = 0        # snapshots received: a replica back from a short absence needs none
         self._channel = None
-        self._pending = {}          # id -> (op, future)
+        self._pending = {}          # id -> request: writes, resent on every new channel until answered
+        self._answers = {}          # id -> future, for every request asked and not answered yet
         self._ids = itertools.count(1)
         self.task = None
         self.connected = asyncio.Event()
@@ -133,8 +134,8 @@ class Follower:
             self.connected.set()
             self._on_change()
             log.info("replica follows voter %s (%s)", addr, welcome.get("voter"))
-            for rid, (op, _) in self._pending.items():
-                channel.send({"t": "submit", "id": rid, "op": op})     # same request ids: applied once
+            for request in self._pending.values():
+                channel.send(request)           # a write keeps its request id: applied once
             pinger = asyncio.ensure_future(self._ping(channel))
             try:
                 while True:
@@ -175,9 +176,9 @@ class Follower:
                 self.leader = message.get("leader")
                 self._on_change()
         elif kind == "result":
-            entry = self._pending.get(message.get("id"))
-            if entry is not None and not entry[1].done():
-                entry[1].set_result(message)
+            fut = self._answers.get(message.get("id"))
+            if fut is not None and not fut.done():
+                fut.set_result(message)
 
     async def submit(self, op, timeout=SUBMIT_TIMEOUT):
         """Replicate `op` through the voter; its value, or ShoutdError as RaftNode.submit raises."""
@@ -198,15 +199,36 @@ class Follower:
 
     async def _request(self, op, timeout):
         """The voter's answer to `op`, sent now and again on every new channel until it comes."""
+        return await self._ask({"t": "submit", "op": op}, timeout, resend=True)
+
+    async def _ask(self, request, timeout, resend):
         rid = next(self._ids)
+        request = dict(request, id=rid)
         fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = (op, fut)
+        self._answers[rid] = fut
+        if resend:
+            self._pending[rid] = request
         if self._channel is not None:
-            self._channel.send({"t": "submit", "id": rid, "op": op})
+            self._channel.send(request)
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(rid, None)
+            self._answers.pop(rid, None)
+
+    async def membership(self, kind, address, timeout):
+        """AddPeer ("add") or RemovePeer ("remove") of `address`, run on the voter followed now."""
+        if self._channel is None:
+            raise ShoutdError("this host is a replica and reaches no voter to change the membership (%s)"
+                              % self._where(), UNAVAILABLE, "NoQuorum")
+        try:
+            answer = await self._ask({"t": "membership", "kind": kind, "address": address}, timeout, resend=False)
+        except asyncio.TimeoutError:
+            raise ShoutdError("voter %s did not answer within %gs; see `shoutdctl peers` for what changed"
+                              % (self.voter, timeout), UNAVAILABLE) from None
+        if "error" in answer:
+            raise ShoutdError(str(answer["error"]), str(answer.get("kind")), answer.get("name"))
+        return answer.get("value")
 
     def _where(self):
         if self.voter is not None:

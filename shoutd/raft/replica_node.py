@@ -100,6 +100,10 @@ class ReplicaNode:
 
     register = RaftNode.register         # the same steps, through this host's submit
 
+    async def relay_membership(self, kind, addr, timeout=22.0):
+        """AddPeer or RemovePeer, run on the voter this replica follows (within D-Bus's 25 s)."""
+        return await self.follower.membership(kind, addr, timeout)
+
     async def change_membership(self, kind, addr, timeout=30.0):
         raise ShoutdError("this host is a replica; run %s on a voter: %s" % (
             "AddPeer" if kind == "add" else "RemovePeer", ", ".join(self.voters())), UNAVAILABLE, "NotVoter")

@@ -25,10 +25,6 @@ class Membership:
 
     def _need_quorum(self):
         st = self.cluster.raft.status
-        if st.role == "replica":
-            raise ShoutdError("this host is a replica: change the membership on a voter (%s)"
-                              % ", ".join(self.cluster.describe_member(v) for v in sorted(st.nodes)
-                                          if v != st.self), UNAVAILABLE, "NotVoter")
         if st.leader is None or not st.has_quorum:
             raise ShoutdError("membership cannot change: " +
                               self.cluster.raft.no_quorum_message(self.cluster.describe_member),
@@ -41,6 +37,8 @@ class Membership:
     async def add_peer(self, address):
         """Join the host at `address`: as a voter while voters are missing (roles.py), else as a replica."""
         addr = self._address(address)
+        if self.cluster.raft.status.role == "replica":
+            return await self.cluster.raft.relay_membership("add", addr)      # to its voter, as if called there
         st = self._need_quorum()
         state = self.cluster.state()
         if addr in st.nodes or addr in state.members:
@@ -102,9 +100,11 @@ class Membership:
 
     async def remove_peer(self, address):
         addr = self._address(address)
-        st = self._need_quorum()
         if addr == self.cluster.node:
             raise ShoutdError("%s is this host; run RemovePeer on another member" % addr, INVALID, "InvalidAddress")
+        if self.cluster.raft.status.role == "replica":
+            return await self.cluster.raft.relay_membership("remove", addr)
+        st = self._need_quorum()
         if addr not in st.nodes and addr not in self.cluster.state().members:
             raise ShoutdError("%s is not a member of the cluster" % addr, NOT_FOUND, "NotMember")
         if addr in self.cluster.state().data["voters"]:

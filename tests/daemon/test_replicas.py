@@ -76,6 +76,14 @@ def test_a_host_beyond_three_voters_joins_as_a_replica_follows_writes_and_outliv
     wait_for(lambda: replica.bus.status()["Roles"] == everyone, what="the replica's roles after its restart")
     assert reaches(r1, s1_ip)
 
+    # AddPeer works on a replica too: it runs on its voter, and the new host joins as a replica.
+    fifth = world.host().start(secret, world.bus())
+    replica.bus.busctl(*CALL, "AddPeer", "s", fifth.ip)
+    everyone[fifth.member] = "replica"
+    wait_for(lambda: survivor.bus.status()["Roles"] == everyone, what="the fifth host a replica")
+    refused = replica.bus.busctl(*CALL, "AddPeer", "s", fifth.ip, check=False)
+    assert refused.returncode != 0 and "already a member" in refused.stderr, refused.stderr
+
 
 def test_a_voter_lost_for_good_is_replaced_by_a_replica_without_anyone_acting(world):
     secret = world.secret()
