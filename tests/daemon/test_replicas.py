@@ -24,20 +24,27 @@ def reaches(ns, ip):
     return sh("ip netns exec %s busybox ping -c 1 -W 1 %s" % (ns, ip), check=False).returncode == 0
 
 
-def test_a_host_beyond_three_voters_joins_as_a_replica_follows_writes_and_outlives_its_voter(world):
+def three_voters_and_a_replica(world, extra=()):
+    """(secret, voters, replica): three hosts form the cluster, a fourth joins by AddPeer and so as a replica."""
     secret = world.secret()
     hosts = [world.host() for _ in range(4)]
     voters, replica = hosts[:3], hosts[3]
     for h in voters:
-        h.start(secret, world.bus(), peers=[o.ip for o in voters if o is not h], wait=False)
+        h.start(secret, world.bus(), peers=[o.ip for o in voters if o is not h], wait=False, extra=extra)
     for h in voters:
         h.wait_registered()
     wait_for(lambda: any("voters now 198.20.0.1:7380, 198.20.0.2:7380, 198.20.0.3:7380" in h.read_log()
                          for h in voters), timeout=30, what="the leader's record of the voters")
-    replica.start(secret, world.bus())                     # a lone one-node cluster, until asked
+    replica.start(secret, world.bus(), extra=extra)          # a lone one-node cluster, until asked
     voters[0].bus.busctl(*CALL, "AddPeer", "s", replica.ip)
+    replica.wait_log("registered;", times=2)                  # alone, then as a replica through a voter
+    return secret, voters, replica
+
+
+def test_a_host_beyond_three_voters_joins_as_a_replica_follows_writes_and_outlives_its_voter(world):
+    secret, voters, replica = three_voters_and_a_replica(world)
+    hosts = voters + [replica]
     replica.wait_log("starting again in place")
-    replica.wait_log("registered;", times=2)               # alone, then as a replica through a voter
     everyone = {h.member: "voter" for h in voters}
     everyone[replica.member] = "replica"
     for h in hosts:
@@ -86,19 +93,8 @@ def test_a_host_beyond_three_voters_joins_as_a_replica_follows_writes_and_outliv
 
 
 def test_a_voter_lost_for_good_is_replaced_by_a_replica_without_anyone_acting(world):
-    secret = world.secret()
-    hosts = [world.host() for _ in range(4)]
-    voters, replica = hosts[:3], hosts[3]
     fast = ["--voter-lost-after", "5"]
-    for h in voters:
-        h.start(secret, world.bus(), peers=[o.ip for o in voters if o is not h], wait=False, extra=fast)
-    for h in voters:
-        h.wait_registered()
-    wait_for(lambda: any("voters now 198.20.0.1:7380, 198.20.0.2:7380, 198.20.0.3:7380" in h.read_log()
-                         for h in voters), timeout=30, what="the leader's record of the voters")
-    replica.start(secret, world.bus(), extra=fast)
-    voters[0].bus.busctl(*CALL, "AddPeer", "s", replica.ip)
-    replica.wait_log("registered;", times=2)
+    secret, voters, replica = three_voters_and_a_replica(world, extra=fast)
     leader = voters[0].bus.status()["Leader"]
     victim = next(h for h in voters if h.member != leader)
     victim.kill()
@@ -125,17 +121,8 @@ def test_a_voter_lost_for_good_is_replaced_by_a_replica_without_anyone_acting(wo
 
 
 def test_a_replica_that_dies_loses_its_multicast_listeners_and_one_that_moves_keeps_them(world):
-    secret = world.secret()
-    hosts = [world.host() for _ in range(4)]
-    voters, replica = hosts[:3], hosts[3]
-    for h in voters:
-        h.start(secret, world.bus(), peers=[o.ip for o in voters if o is not h], wait=False)
-    for h in voters:
-        h.wait_registered()
-    wait_for(lambda: any("voters now " in h.read_log() for h in voters), timeout=30, what="the voters recorded")
-    replica.start(secret, world.bus())
-    voters[0].bus.busctl(*CALL, "AddPeer", "s", replica.ip)
-    replica.wait_log("registered;", times=2)
+    secret, voters, replica = three_voters_and_a_replica(world)
+    hosts = voters + [replica]
     pool = voters[0].plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": "10.69.0.0/24",
                                                        "Options": {}, "V6": False})["PoolID"]
     nets = {}
