@@ -59,7 +59,10 @@ class Membership:
             except ShoutdError:
                 await self.cluster.submit(ops.voters_set(self.cluster.node, recorded))
                 raise
-            await self._until(lambda: addr in raft.status.nodes, began, "the cluster did not add %s to Raft" % addr)
+            # Done once the new voter is in Raft and has registered through it: then the cluster commits
+            # with it (a second AddPeer right after needs that quorum).
+            await self._until(lambda: addr in raft.status.nodes and addr in self.cluster.state().members, began,
+                              "%s was added to Raft but has not registered through the cluster" % addr)
         else:
             await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
             await raft.change_membership("add", addr, timeout=CHANGE_BUDGET - (time.monotonic() - began))
