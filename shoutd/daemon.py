@@ -217,8 +217,7 @@ class Daemon:
         if replica:
             log.info("joining the cluster of %s as a replica: starting again as one", ", ".join(members))
             self.member_file.remember_replica(members)
-            self.exit_code = AGAIN
-            self.stopping.set()
+            self._start_again()
             return
         try:
             log.info("joining the cluster of %s", ", ".join(m for m in members if m != self.node))
@@ -234,6 +233,10 @@ class Daemon:
         voters = self.raft.state.data["voters"]
         log.info("promoted to voter by the leader; voters %s: starting again as one", ", ".join(voters))
         self.member_file.remember_members(voters)
+        self._start_again()
+
+    def _start_again(self):
+        """Stop, and let main() start this daemon again in place (reexec.py), as members.json now says."""
         self.exit_code = AGAIN
         self.stopping.set()
 
@@ -310,11 +313,7 @@ class Daemon:
             alone_since = alone_since or time.monotonic()
             if time.monotonic() - alone_since < REMOVED_AFTER:
                 continue
-            for peer in sorted(m for m in st.nodes if m != self.node):
-                try:
-                    answer = await probe(self.raft.secret, self.node, feed_address(peer))
-                except (ChannelError, OSError, asyncio.TimeoutError):
-                    continue
+            async for answer in self.probe_feeds(st.nodes):
                 voters, leader = answer["voters"], answer["leader"]
                 if leader and voters and self.node not in voters:
                     log.warning("this host was taken off the voters while it was away (voters now %s, leader %s): "
@@ -322,15 +321,17 @@ class Daemon:
                     await self.join(voters, replica=True)
                     return
 
+    async def probe_feeds(self, members):
+        """What each other member's feed that answers says of the cluster (raft/replica.py probe)."""
+        for member in sorted(m for m in members if m != self.node):
+            try:
+                yield await probe(self.raft.secret, self.node, feed_address(member))
+            except (ChannelError, OSError, asyncio.TimeoutError):
+                continue                 # not a voter, down, or not caught up: ask the next
+
     async def served_elsewhere(self, replica):
         """Whether another voter's feed serves `replica` now: it moved there, rather than died."""
-        for voter in self.raft.state.data["voters"]:
-            if voter == self.node:
-                continue
-            try:
-                answer = await probe(self.raft.secret, self.node, feed_address(voter))
-            except (ChannelError, OSError, asyncio.TimeoutError):
-                continue
+        async for answer in self.probe_feeds(self.raft.state.data["voters"]):
             if replica in answer["serves"]:
                 return True
         return False

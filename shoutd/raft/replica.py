@@ -35,19 +35,29 @@ SUBMIT_TIMEOUT = 10.0
 SETTLE_FOR = 120.0          # how long an unanswered write is withdrawn before giving up
 
 
-async def probe(secret, node, addr):
-    """What the voter serving the feed at `addr` says of the cluster: {"voters", "leader", "serves"}.
+async def greet(secret, addr, hello):
+    """(channel, welcome): a channel to the feed at `addr`, opened with `hello` and answered.
 
-    Raises ChannelError (or OSError, TimeoutError) if none answers."""
+    Raises ChannelError (or OSError, TimeoutError) if no voter answers there."""
     host, port = addr.rsplit(":", 1)
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT)
     channel = await Channel.open(reader, writer, secret, initiator=True)
     try:
-        channel.send({"t": "hello", "node": node, "at": [0, ""], "probe": True})
+        channel.send(hello)
         welcome = await channel.receive(HANDSHAKE_TIMEOUT)
-    finally:
+        if welcome.get("t") != "welcome":
+            raise ChannelError("no welcome: %r" % (welcome.get("t"),))
+    except BaseException:
         channel.close()
-    if welcome.get("t") != "welcome" or not isinstance(welcome.get("voters"), list) or \
+        raise
+    return channel, welcome
+
+
+async def probe(secret, node, addr):
+    """What the voter serving the feed at `addr` says of the cluster: {"voters", "leader", "serves"}."""
+    channel, welcome = await greet(secret, addr, {"t": "hello", "node": node, "at": [0, ""], "probe": True})
+    channel.close()
+    if not isinstance(welcome.get("voters"), list) or \
             not isinstance(welcome.get("serves", []), list):
         raise ChannelError("no answer about the voters")
     return {"voters": [str(v) for v in welcome["voters"]], "leader": welcome.get("leader"),
@@ -121,14 +131,9 @@ class Follower:
             self._on_change()
 
     async def _follow(self, addr):
-        host, port = addr.rsplit(":", 1)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT)
-        channel = await Channel.open(reader, writer, self._secret, initiator=True)
+        channel, welcome = await greet(self._secret, addr, {"t": "hello", "node": self.node,
+                                                            "at": list(self.state.applied)})
         try:
-            channel.send({"t": "hello", "node": self.node, "at": list(self.state.applied)})
-            welcome = await channel.receive(HANDSHAKE_TIMEOUT)
-            if welcome.get("t") != "welcome":
-                raise ChannelError("no welcome: %r" % (welcome.get("t"),))
             self.voter, self._channel = addr, channel
             self.voter_node, self.leader = welcome.get("voter"), welcome.get("leader")
             self.connected.set()

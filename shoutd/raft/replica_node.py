@@ -104,13 +104,6 @@ class ReplicaNode:
         """AddPeer or RemovePeer, run on the voter this replica follows (within D-Bus's 25 s)."""
         return await self.follower.membership(kind, addr, timeout)
 
-    async def change_membership(self, kind, addr, timeout=30.0):
-        raise ShoutdError("this host is a replica; run %s on a voter: %s" % (
-            "AddPeer" if kind == "add" else "RemovePeer", ", ".join(self.voters())), UNAVAILABLE, "NotVoter")
-
-    async def rebuild(self, members):
-        raise ShoutdError("this host is a replica of %s and cannot join another cluster" % ", ".join(self.voters()))
-
     def destroy(self, wait=5.0):
         if self.follower.task is not None:
             self.follower.task.cancel()
