@@ -20,7 +20,7 @@ import time
 from aiohttp import web
 
 from . import config as configmod
-from . import dbus_api, reexec
+from . import dbus_api
 from .dataplane.netlink import vxlan_mdb_supported
 from .dataplane.reconciler import Reconciler, Underlay
 from .dataplane.worker import Worker
@@ -47,7 +47,7 @@ log = logging.getLogger("shoutd")
 # The state here was written by a newer release: systemd must not restart us
 # (RestartPreventExitStatus in shoutd.service); only an upgrade helps.
 EXIT_NEWER_STATE = 78
-AGAIN = -1               # run() asks main() to start the daemon again in place (reexec.py)
+AGAIN = -1               # run() asks main() to run the daemon again, with the control plane members.json names
 REMOVED_AFTER = 15.0     # seconds without a leader before a voter asks the others whether it still votes
 PLUGIN_RETRY = 60.0      # at most this many seconds between tries to install the managed plugin
 
@@ -98,7 +98,6 @@ def activated_sockets():
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return []
     count = int(os.environ.get("LISTEN_FDS", "0") or 0)
-    reexec.keep_activation(count)
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)
     return [socket.socket(fileno=3 + i) for i in range(count)]
@@ -108,7 +107,7 @@ def listening(passed, index, path, what, group=None):
     """(socket, whether shoutd made it): the one systemd passed at `index`, else our own at `path`."""
     if len(passed) > index:
         log.info("serving %s on the socket passed by systemd (%s)", what, path)
-        return passed[index], False
+        return passed[index].dup(), False      # aiohttp closes its copy when a run ends; the next run needs one
     sock = unix_socket(path, group)
     log.info("serving %s on %s", what, path)
     return sock, True
@@ -137,8 +136,9 @@ def unix_socket(path, group=None):
 
 
 class Daemon:
-    def __init__(self, cfg, raft, worker, underlay, notifier, member_file, joins=None):
+    def __init__(self, cfg, raft, worker, underlay, notifier, member_file, joins=None, passed=()):
         self.cfg = cfg
+        self.passed = passed              # the sockets systemd passed (activated_sockets)
         self.raft = raft
         self.worker = worker
         self.node = cfg.raft_address
@@ -236,7 +236,7 @@ class Daemon:
         self._start_again()
 
     def _start_again(self):
-        """Stop, and let main() start this daemon again in place (reexec.py), as members.json now says."""
+        """Stop, and let main() run this daemon again with the control plane members.json now names."""
         self.exit_code = AGAIN
         self.stopping.set()
 
@@ -348,7 +348,7 @@ class Daemon:
             await asyncio.sleep(1.0)  # how often the Raft thread is looked at
 
     async def run(self):
-        passed = activated_sockets()
+        passed = self.passed
         sock, owned = listening(passed, 0, self.cfg.plugin_socket, "the Docker plugin API", group="docker")
         runner = web.AppRunner(make_app(self.service), handle_signals=False, access_log=None)
         await runner.setup()
@@ -381,8 +381,9 @@ class Daemon:
         try:
             await self.stopping.wait()
         finally:
-            log.info("stopping; the kernel data plane stays up, so containers keep talking")
-            self.notifier.stopping()
+            if self.exit_code != AGAIN:
+                log.info("stopping; the kernel data plane stays up, so containers keep talking")
+                self.notifier.stopping()
             for task in tasks:
                 task.cancel()
             await self.listeners.stop()
@@ -398,7 +399,7 @@ class Daemon:
                 os.unlink(self.cfg.managed_socket)
             await self.engine.close()
             if self.dbus is not None:
-                self.dbus.disconnect()
+                await self.dbus.disconnect()     # the next run owns the bus name again
             if owned and os.path.exists(self.cfg.plugin_socket):
                 os.unlink(self.cfg.plugin_socket)
         return self.exit_code
@@ -408,6 +409,30 @@ def forget_raft_files(files):
     """A replica keeps no Raft journal, so a later promotion starts a voter's afresh, never from a replica's."""
     journal.remove_files(*files[:2])
     journal.remove_files(files[2], None)      # shoutd 0.1's log
+
+
+def control_plane(cfg, member_file, files):
+    """(the RaftNode, or a ReplicaNode on a replica, and the join handler), as members.json and the config say."""
+    peers = cfg.peer_addresses()
+    remembered = [m for m in member_file.known if m != cfg.raft_address]
+    secret, from_file = configmod.read_secret(cfg, multi_host=bool(peers or remembered or member_file.replica_of))
+    if not from_file:
+        log.info("no cluster secret at %s: this single host uses a random one; create the file "
+                 "before adding peers", cfg.secret_file)
+    if member_file.replica_of:
+        forget_raft_files(files)
+        log.info("member %s, replica of %s", cfg.raft_address, ", ".join(member_file.replica_of))
+        return ReplicaNode(cfg.raft_address, member_file.replica_of, secret), None
+    peers = sorted(set(peers) | set(remembered))
+    log.info("member %s, peers: %s", cfg.raft_address, ", ".join(peers) or "none (single host)")
+    host, port = cfg.raft_address.rsplit(":", 1)
+    check_port_free(host, int(port))
+    joins = JoinRequests(cfg.raft_address, on_join=None)
+    raft = RaftNode(cfg.raft_address, peers, secret, journal_file=files[0], dump_file=files[1],
+                    legacy_journal=files[2], durable=cfg.journal_sync,
+                    utility_messages={**joins.handlers(), VERSION: answer_version(STATE_VERSION)})
+    joins.node = raft
+    return raft, joins
 
 
 def main(argv=None):
@@ -428,48 +453,30 @@ def main(argv=None):
     raft = None
     try:
         check_pysyncobj()
+        passed = activated_sockets()
         worker = Worker()
         notifier = Notifier()
         underlay = find_underlay(worker, cfg, notifier)
-        peers = cfg.peer_addresses()
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         member_file = MemberFile(cfg.state_dir)
-        remembered = [m for m in member_file.known if m != cfg.raft_address]
-        secret, from_file = configmod.read_secret(cfg, multi_host=bool(peers or remembered or member_file.replica_of))
-        if not from_file:
-            log.info("no cluster secret at %s: this single host uses a random one; create the file "
-                     "before adding peers", cfg.secret_file)
-        peers = sorted(set(peers) | set(remembered))
-        log.info("member %s, peers: %s", cfg.raft_address, ", ".join(peers) or "none (single host)")
-        host, port = cfg.raft_address.rsplit(":", 1)
         # The journal, the snapshot, and shoutd 0.1's log.
         files = [os.path.join(cfg.state_dir, name) for name in ("raft.log", "raft.dump", "raft.journal")]
-        if member_file.replica_of:
-            forget_raft_files(files)
-            log.info("replica of %s", ", ".join(member_file.replica_of))
-            raft, joins = ReplicaNode(cfg.raft_address, member_file.replica_of, secret), None
-        else:
-            check_port_free(host, int(port))
-            joins = JoinRequests(cfg.raft_address, on_join=None)
-            raft = RaftNode(cfg.raft_address, peers, secret, journal_file=files[0], dump_file=files[1],
-                            legacy_journal=files[2],
-                            durable=cfg.journal_sync,
-                            utility_messages={**joins.handlers(), VERSION: answer_version(STATE_VERSION)})
-            joins.node = raft
         if not cfg.journal_sync:
             log.warning("journal_sync is off: acknowledged changes survive a crash of shoutd, not a power loss")
+        while True:
+            raft, joins = control_plane(cfg, member_file, files)
 
-        async def run():
-            return await Daemon(cfg, raft, worker, underlay, notifier, member_file, joins).run()
-        code = asyncio.run(run())
-        if code == AGAIN:
+            async def run():
+                return await Daemon(cfg, raft, worker, underlay, notifier, member_file, joins, passed).run()
+            code = asyncio.run(run())
+            if code != AGAIN:
+                return code
+            # Joined as a replica, or promoted to voter: the same process goes on with another control
+            # plane (members.json says which); the kernel's data plane and the worker stay as they are.
             raft.destroy()
             raft = None
             forget_raft_files(files)
-            worker.close()
-            worker = None
-            reexec.again()
-        return code
+            log.info("starting again in place as %s", "a replica" if member_file.replica_of else "a voter")
     except ShoutdError as e:
         log.error("%s", e)
         return 1

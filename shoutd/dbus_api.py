@@ -217,8 +217,12 @@ class Exported:
         """After a change: members, networks or the leader may have moved."""
         self.iface.refresh()
 
-    def disconnect(self):
+    async def disconnect(self):
         self.bus.disconnect()
+        try:
+            await asyncio.wait_for(self.bus.wait_for_disconnect(), 2.0)
+        except Exception:  # noqa: BLE001 - a timeout, or the error that closed it: gone either way
+            pass
 
 
 class AnsweredErrors(logging.Filter):
@@ -236,9 +240,12 @@ class AnsweredErrors(logging.Filter):
         return not (text.startswith("got unexpected error processing a message") and "DBusError" in text)
 
 
+ANSWERED_ERRORS = AnsweredErrors()       # one instance, so a daemon that runs again adds it once
+
+
 async def serve(service, address=None):
     """Connect, export and own the name."""
-    logging.getLogger().addFilter(AnsweredErrors())
+    logging.getLogger().addFilter(ANSWERED_ERRORS)
     bus = await (MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SYSTEM)).connect()
     iface = ShoutdInterface(service)
     bus.add_message_handler(Gate(bus, iface))

@@ -73,3 +73,27 @@ def test_a_dead_raft_thread_ends_the_daemon_with_an_error(one_node):
         assert daemon.stopping.is_set() and daemon.exit_code == 1
         assert "stopped" in raft.health().text and raft.health().fatal
     asyncio.run(main())
+
+
+def test_each_run_serves_on_its_own_copy_of_a_socket_systemd_passed(tmp_path):
+    """A host that joins as a replica runs the daemon again in the same process: aiohttp closes the first run's
+    socket on the way out, and the second run must still serve on the one systemd passed."""
+    import socket
+
+    from shoutd.daemon import listening
+    path = str(tmp_path / "plugin.sock")
+    passed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    passed.bind(path)
+    passed.listen(4)
+    first, owned = listening([passed], 0, str(tmp_path / "own.sock"), "the plugin API")
+    assert not owned
+    first.close()                                   # as aiohttp's cleanup does at the end of a run
+    second, _ = listening([passed], 0, str(tmp_path / "own.sock"), "the plugin API")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    served, _ = second.accept()
+    served.close()
+    client.close()
+    second.close()
+    passed.close()
+    assert not (tmp_path / "own.sock").exists()
