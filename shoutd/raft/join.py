@@ -6,8 +6,9 @@ asks the new host, with a `shoutd_join` utility message on its Raft port, to
 drop its one-node cluster and rebuild with the full list; then it commits the
 addition.  Utility messages arrive only after the secret-keyed handshake, so
 only a holder of the cluster secret can ask a host to join.  The new host
-answers at once and acts JOIN_GRACE later: PySyncObj's client treats a
-hang-up that arrives together with the reply as a lost connection.
+answers at once and acts once the asker hung up (or JOIN_GRACE later at
+most): PySyncObj's client treats a hang-up that arrives together with the
+reply as a lost connection.
 
 The membership file.  PySyncObj replays membership *changes* from its journal
 on top of the nodes it is started with, so a host that joined through AddPeer
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 JOIN = "shoutd_join"
 REPLICA = "shoutd_replica"  # a join as a replica (roles.py): follow the voters named, outside Raft
 VERSION = "shoutd_version"  # a utility message: which state version the shoutd there runs
-JOIN_GRACE = 1.0          # seconds between answering a join request and acting on it
+JOIN_GRACE = 1.0          # at most this many seconds between answering a join request and acting on it
 MEMBERS_FILE = "members.json"
 
 
@@ -67,7 +68,7 @@ async def ask_version(secret, addr, timeout=3.0):
 
 def answer_version(version):
     """The VERSION utility message's handler, for RaftNode's utility_messages."""
-    return lambda args, callback: callback(str(version), None)
+    return lambda args, reply, hung_up: reply(str(version), None)
 
 
 class JoinRequests:
@@ -79,10 +80,10 @@ class JoinRequests:
         self.node = None             # the RaftNode, once built
 
     def handlers(self):
-        return {JOIN: self, REPLICA: lambda args, callback: self(args, callback, replica=True)}
+        return {JOIN: self, REPLICA: lambda args, reply, hung_up: self(args, reply, hung_up, replica=True)}
 
-    def __call__(self, args, callback, replica=False):
-        """On the tick thread: answer at once, rebuild on the loop after JOIN_GRACE."""
+    def __call__(self, args, callback, hung_up, replica=False):
+        """On the tick thread: answer at once, rebuild on the loop once the asker has the answer."""
         node = self.node
         members = [str(a) for a in args]
         if (self.self_addr in members) == replica:
@@ -97,7 +98,13 @@ class JoinRequests:
         if node.machine.has_networks():
             return callback("%s has shoutd networks of its own; remove them before it joins" % self.self_addr, None)
         callback("joining", None)
-        node.loop.call_soon_threadsafe(node.loop.call_later, JOIN_GRACE, self.on_join, members, replica)
+        node.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._act(hung_up, members, replica)))
+
+    async def _act(self, hung_up, members, replica):
+        deadline = asyncio.get_running_loop().time() + JOIN_GRACE
+        while not hung_up() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)         # the asker reads the answer, then hangs up
+        self.on_join(members, replica)
 
 
 class MemberFile:

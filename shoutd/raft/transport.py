@@ -243,8 +243,6 @@ class GuardedTransport(TCPTransport):
             # The journal's flusher thread writes to this pipe; the tick
             # thread, polling it, then sends what waited for the disk.
             self.hooks.wake = PipeNotifier(syncObj._poller, self._release).notify
-            for name, callback in self.hooks.utility_messages.items():
-                self.setOnUtilityMessageCallback(name, callback)
 
     # -- the server --------------------------------------------------------
 
@@ -316,6 +314,28 @@ class GuardedTransport(TCPTransport):
         if guard is not None:
             guard.authenticated = True
         super()._onIncomingMessageReceived(conn, message)
+
+    def _onUtilityMessage(self, conn, message):
+        """shoutd's utility messages (join.py): handler(args, reply, hung_up), on the tick thread.
+
+        As PySyncObj's own, plus `hung_up()`, true once the asker closed the
+        connection: a host that leaves its cluster after answering a join must
+        not close it first, as PySyncObj's client loses a reply that arrives
+        together with the hang-up.
+        """
+        name = message[0] if message and isinstance(message[0], str) else None
+        if name is None:
+            self._drop(conn, "a malformed utility message")     # PySyncObj's own would fail on it
+            return True
+        handler = self.hooks.utility_messages.get(name) if self.hooks is not None else None
+        if handler is None:
+            return super()._onUtilityMessage(conn, message)
+        reply = functools.partial(self._utilityCallback, conn=conn, args=[name.upper()] + message[1:])
+        try:
+            handler(message[1:], reply, lambda: conn.state == CONNECTION_STATE.DISCONNECTED)
+        except Exception as e:  # noqa: BLE001 - as PySyncObj does: the asker gets the error, the tick goes on
+            conn.send(str(e))
+        return True
 
     def _onDisconnected(self, conn):
         self._pending.pop(conn, None)

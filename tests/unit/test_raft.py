@@ -504,3 +504,33 @@ def test_a_rebuild_for_addpeer_is_not_mistaken_for_a_dead_raft_thread(tmp_path, 
     finally:
         node.destroy()
     assert seen == [(False, None)]
+
+
+def test_a_host_asked_to_join_acts_once_the_asker_has_the_answer_and_shrugs_off_malformed_requests(monkeypatch):
+    """The join request's answer must reach the asker before the host leaves its cluster (PySyncObj's client
+    loses a reply that comes with the hang-up); it acts as soon as the asker hung up, not a fixed grace later."""
+    from pysyncobj.utility import TcpUtility
+
+    from shoutd.raft import VERSION, JoinRequests, answer_version, ask_to_join, join
+    monkeypatch.setattr(join, "JOIN_GRACE", 600.0)        # acting only after the grace would time out below
+    (port,) = free_ports(1)
+    addr = "127.0.0.1:%d" % port
+    joined = []
+    joins = JoinRequests(addr, on_join=lambda members, replica: joined.append((members, replica)))
+    node = RaftNode(addr, [], SECRET, utility_messages={**joins.handlers(), VERSION: answer_version(6)})
+    joins.node = node
+
+    async def main():
+        node.attach(asyncio.get_running_loop())
+        await until(lambda: node.status.replayed and node.status.leader == addr, what="a one-node cluster")
+        for bad in ([], [[1]], [{"x": 1}]):       # a secret holder's malformed requests: dropped, nothing breaks
+            with pytest.raises(Exception):
+                TcpUtility(password=SECRET, timeout=3).executeCommand(addr, bad)
+        voters = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+        await ask_to_join(SECRET, addr, voters, timeout=5, replica=True)
+        await until(lambda: joined, what="the join acted on once the asker hung up")
+    try:
+        asyncio.run(main())
+    finally:
+        node.destroy()
+    assert joined[0] == (["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], True)
