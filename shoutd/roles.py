@@ -93,7 +93,7 @@ class Voters(KickLoop):
         raft, recorded = sorted(status.nodes), state.data["voters"]
         try:
             if not recorded:
-                await self._record(raft, "recorded as Raft has them")
+                await self._record(raft, recorded, "recorded as Raft has them")
             elif set(raft) != set(recorded):
                 await self._follow(raft, recorded)
             else:
@@ -102,8 +102,8 @@ class Voters(KickLoop):
             log.info("voters: %s; trying again", e)
             self.kick(delay=1.0)
 
-    async def _record(self, voters, why):
-        await self.submit(ops.voters_set(self.node, voters))
+    async def _record(self, voters, was, why):
+        await self.submit(ops.voters_set(self.node, voters, was))     # refused if AddPeer changed them first
         log.info("voters now %s (%s)", ", ".join(sorted(voters)), why)
 
     async def _follow(self, raft, recorded):
@@ -137,6 +137,7 @@ class Voters(KickLoop):
         kind, addr = change
         if kind == "remove":
             self._lost.add(addr)
-            await self._record([v for v in voters if v != addr], "%s silent for %.0fs" % (addr, self.lost_after))
+            await self._record([v for v in voters if v != addr], voters,
+                               "%s silent for %.0fs" % (addr, self.lost_after))
         else:
-            await self._record(list(voters) + [addr], "replica %s promoted" % addr)
+            await self._record(list(voters) + [addr], voters, "replica %s promoted" % addr)

@@ -46,28 +46,52 @@ class Membership:
         raft = self.cluster.raft
         began = time.monotonic()
         await self._runs_cluster_version(addr)
-        everyone = set(st.nodes) | set(state.members) | {addr}
-        if state.data["voters"] and len(st.nodes) >= voter_target(len(everyone)):
-            return await self._add_replica(addr, sorted(st.nodes), began)
-        members = sorted(set(st.nodes) | {addr})
-        recorded = list(state.data["voters"])
-        if recorded:
+        while True:
+            st, state = self._need_quorum(), self.cluster.state()
+            recorded = list(state.data["voters"])
+            if not recorded:
+                # A cluster before state version 6: every host votes, and Raft changes here.
+                members = sorted(set(st.nodes) | {addr})
+                await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
+                await raft.change_membership("add", addr, timeout=CHANGE_BUDGET - (time.monotonic() - began))
+                break
+            if len(recorded) >= voter_target(len(set(st.nodes) | set(state.members) | {addr})):
+                return await self._add_replica(addr, recorded, began)
             # The record leads and the leader's loop changes Raft (roles.Voters); undone if the host refuses.
-            await self.cluster.submit(ops.voters_set(self.cluster.node, recorded + [addr]))
+            try:
+                await self.cluster.submit(ops.voters_set(self.cluster.node, recorded + [addr], recorded))
+            except ShoutdError as e:
+                if e.kind != CONFLICT or time.monotonic() - began > CHANGE_BUDGET:
+                    raise
+                continue          # another AddPeer, or the leader promoting a replica, came first: decide again
+            members = sorted(set(st.nodes) | {addr})
             try:
                 await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
             except ShoutdError:
-                await self.cluster.submit(ops.voters_set(self.cluster.node, recorded))
+                await self._unrecord(addr)
                 raise
             # Done once the new voter is in Raft and has registered through it: then the cluster commits
             # with it (a second AddPeer right after needs that quorum).
             await self._until(lambda: addr in raft.status.nodes and addr in self.cluster.state().members, began,
                               "%s was added to Raft but has not registered through the cluster" % addr)
-        else:
-            await ask_to_join(raft.secret, addr, members, timeout=JOIN_ASK_TIMEOUT)
-            await raft.change_membership("add", addr, timeout=CHANGE_BUDGET - (time.monotonic() - began))
-        log.info("peer %s added to the cluster; members now %s", addr, ", ".join(members))
+            break
+        log.info("peer %s added to the cluster; members now %s", addr, ", ".join(sorted(raft.status.nodes)))
         return addr
+
+    async def _unrecord(self, addr):
+        """Take `addr` off the recorded voters, whatever else changed them since."""
+        for _ in range(5):
+            voters = self.cluster.state().data["voters"]
+            if addr not in voters:
+                return
+            try:
+                await self.cluster.submit(ops.voters_set(self.cluster.node, [v for v in voters if v != addr], voters))
+                return
+            except ShoutdError as e:
+                if e.kind != CONFLICT:
+                    raise
+        log.warning("could not take %s off the recorded voters; the leader removes it once it is silent for "
+                    "voter_lost_after", addr)
 
     @staticmethod
     async def _until(done, began, failure):
@@ -115,8 +139,10 @@ class Membership:
             # takes it out of Raft, and promotes no one in its place for it.
             began = time.monotonic()
             state = self.cluster.state()
-            await self.cluster.submit(ops.member_remove(addr) if addr in state.members else
-                                      ops.voters_set(self.cluster.node, [v for v in state.data["voters"] if v != addr]))
+            if addr in state.members:
+                await self.cluster.submit(ops.member_remove(addr))
+            else:
+                await self._unrecord(addr)
             await self._until(lambda: addr not in self.cluster.raft.status.nodes, began,
                               "the cluster did not remove %s from Raft" % addr)
         elif addr in st.nodes:

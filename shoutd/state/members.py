@@ -66,8 +66,18 @@ def voters_set(state: "ClusterState", op: dict) -> List[str]:
 
     The leader records Raft's membership here after each change, so that
     replicas, which are not in Raft, know whom to follow, and every host can
-    show each member's role.
+    show each member's role.  Each change names the voters it was decided
+    from (`was`): two decided from the same record (AddPeer on two hosts, or
+    AddPeer and the leader's promotion of a replica) would otherwise both
+    add a voter, and the cluster would get more voters than it should have.
     """
+    was = op.get("was")
+    if was is not None:
+        if not isinstance(was, list):
+            reject("was must be the list of voters the change was decided from, not %r" % (was,))
+        if sorted(checks.text(v, "voter") for v in was) != state.data["voters"]:
+            reject("the voters changed meanwhile (now %s); decide again from them"
+                   % (", ".join(state.data["voters"]) or "none recorded"), CONFLICT)
     voters = op["voters"]
     if not isinstance(voters, list) or not 1 <= len(voters) <= MAX_VOTERS:
         reject("voters must be a list of 1 to %d member addresses, not %r" % (MAX_VOTERS, voters))

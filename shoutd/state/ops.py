@@ -140,8 +140,9 @@ def member_remove(node) -> dict:
     return {"op": "member_remove", "node": node}
 
 
-def voters_set(node, voters) -> dict:
-    return {"op": "voters_set", "node": node, "voters": sorted(voters)}
+def voters_set(node, voters, was) -> dict:
+    """`was`: the voters this change was decided from; if they changed meanwhile, the op is refused."""
+    return {"op": "voters_set", "node": node, "voters": sorted(voters), "was": sorted(was)}
 
 
 def cluster_version(node, version) -> dict:

@@ -77,7 +77,7 @@ def test_raft_follows_the_recorded_voters_and_a_lost_voter_is_replaced_by_a_repl
     async def main():
         view = Leader(registered(6, 6, 6, 6, 6), raft="abc")          # a b c vote; d and e are replicas
         view.state.apply(ops.cluster_version("a", 6))
-        view.state.apply(ops.voters_set("a", ["a", "b", "c"]))
+        view.state.apply(ops.voters_set("a", ["a", "b", "c"], []))
         loop = roles.Voters("a", view, view.submit, lambda: {"e"}, lost_after=5.0)
         await loop.step(False)
         assert view.proposed == [] and view.changes == [], "three healthy voters: nothing to do"
@@ -96,4 +96,28 @@ def test_raft_follows_the_recorded_voters_and_a_lost_voter_is_replaced_by_a_repl
         assert view.changes[-1] == ("add", "e")
         await loop.step(False)
         assert len(view.changes) == 2 and view.state.data["voters"] == ["a", "b", "e"], "settled"
+    asyncio.run(main())
+
+
+def test_a_promotion_decided_from_a_record_that_changed_meanwhile_is_refused_and_decided_again():
+    """AddPeer on another host added a voter while the leader promoted a replica from the same record: had both
+    landed, the cluster would have four voters where three is the target, and a healthy one is never demoted."""
+    async def main():
+        view = Leader(registered(6, 6, 6, 6, 6), raft="ab")
+        view.state.apply(ops.cluster_version("a", 6))
+        view.state.apply(ops.voters_set("a", ["a", "b"], []))
+        submit = view.submit
+
+        async def racing(op, **kw):
+            if op["op"] == "voters_set" and not racing.done:
+                racing.done = True            # AddPeer of e, decided from the same record, commits first
+                await submit(ops.voters_set("x", ["a", "b", "e"], ["a", "b"]))
+            return await submit(op, **kw)
+        racing.done = False
+        loop = roles.Voters("a", view, racing, lambda: {"c", "d"})
+        await loop.step(False)
+        assert view.state.data["voters"] == ["a", "b", "e"], "the promotion of c was refused"
+        await loop.step(False)
+        await loop.step(False)
+        assert view.state.data["voters"] == ["a", "b", "e"] and view.changes == [("add", "e")], "three: enough"
     asyncio.run(main())

@@ -292,7 +292,7 @@ def test_a_network_s_port_is_recorded_only_once_every_host_knows_the_field():
 def test_the_voters_are_recorded_only_once_every_host_knows_the_op_and_give_each_member_its_role():
     cs = registered(5, 5, 5)
     cs.apply(ops.cluster_version("a", 5))
-    op = ops.voters_set("a", ["b", "a"])
+    op = ops.voters_set("a", ["b", "a"], [])
     with pytest.raises(ShoutdError) as err:
         ops.check_proposable(op, cs)
     assert err.value.name == "UpgradeNeeded" and "needs state version 6" in str(err.value)
@@ -303,8 +303,15 @@ def test_the_voters_are_recorded_only_once_every_host_knows_the_op_and_give_each
     assert [cs.role(m) for m in "abc"] == ["voter", "voter", "replica"]
     before = copy.deepcopy(cs.data)
     for bad in ([], ["a", "a"], "a", [1], ["x"] * 10):
-        assert "voter" in cs.apply(ops.voters_set("a", bad) if isinstance(bad, list)
+        assert "voter" in cs.apply(ops.voters_set("a", bad, ["a", "b"]) if isinstance(bad, list)
                                    else {"op": "voters_set", "node": "a", "voters": bad})["error"]
     assert cs.data["voters"] == before["voters"]
+    # Two changes decided from the same record (AddPeer on two hosts): the second is refused, not applied.
+    assert cs.apply(ops.voters_set("a", ["a", "b", "c"], ["a", "b"]))["value"] == ["a", "b", "c"]
+    late = cs.apply(ops.voters_set("a", ["a", "b", "d"], ["a", "b"]))
+    assert late["kind"] == "conflict" and "voters changed meanwhile (now a, b, c)" in late["error"]
+    assert "was must be" in cs.apply({"op": "voters_set", "node": "a", "voters": ["a"], "was": "a"})["error"]
+    assert cs.data["voters"] == ["a", "b", "c"]
+    cs.apply(ops.voters_set("a", ["a", "b"], ["a", "b", "c"]))
     cs.apply(ops.member_remove("b"))
     assert cs.data["voters"] == ["a"], "a removed member votes no more"
