@@ -113,11 +113,18 @@ def listening(passed, index, path, what, group=None):
     return sock, True
 
 
+def remove_socket(path):
+    """Remove a socket file shoutd made; gone already is fine (a second shoutd sharing the path, a user)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def unix_socket(path, group=None):
     """A listening socket at `path`, root's (and `group`'s, if it exists), never world-writable."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    if os.path.exists(path):
-        os.unlink(path)
+    remove_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)            # never world-writable, not even for a moment
     try:
@@ -395,13 +402,13 @@ class Daemon:
             await self.reconciler.stop()
             await runner.cleanup()
             await swarm_runner.cleanup()
-            if swarm_owned and os.path.exists(self.cfg.managed_socket):
-                os.unlink(self.cfg.managed_socket)
+            if swarm_owned:
+                remove_socket(self.cfg.managed_socket)
             await self.engine.close()
             if self.dbus is not None:
                 await self.dbus.disconnect()     # the next run owns the bus name again
-            if owned and os.path.exists(self.cfg.plugin_socket):
-                os.unlink(self.cfg.plugin_socket)
+            if owned:
+                remove_socket(self.cfg.plugin_socket)
         return self.exit_code
 
 

@@ -185,7 +185,7 @@ class Host:
         cmd = ["nsenter", "--net=/run/netns/" + self.name] + list(wrap) + [
             sys.executable, "-m", module, "--config", os.path.join(self.dir, "none.conf"),
             "--advertise-address", self.ip, "--peers", ",".join(peers),
-            "--plugin-socket", self.socket,
+            "--plugin-socket", self.socket, "--managed-socket", os.path.join(self.dir, "managed.sock"),
             "--docker-socket", os.path.join(self.dir, "no-docker.sock"),
             "--state-dir", os.path.join(self.dir, "state"), "--secret-file", secret_file] + list(extra)
         with open(os.path.join(self.dir, "none.conf"), "w") as f:
