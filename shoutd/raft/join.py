@@ -18,10 +18,12 @@ changes while a leader is known, and read at start.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import os
 
+from pysyncobj.encryptor import getEncryptor
 from pysyncobj.utility import TcpUtility, UtilityException
 
 from ..errors import CONFLICT, UNAVAILABLE, ShoutdError
@@ -35,12 +37,31 @@ JOIN_GRACE = 1.0          # at most this many seconds between answering a join r
 MEMBERS_FILE = "members.json"
 
 
+@functools.lru_cache(maxsize=4)
+def _fernet(secret):
+    return getEncryptor(secret)
+
+
+def _utility(secret, timeout):
+    """A PySyncObj utility client keyed by `secret`.
+
+    TcpUtility(password=) derives the key with PBKDF2 each time (about 20 ms
+    of CPU, holding the GIL): derived once per secret here, which is what a
+    voter adding dozens of hosts at once spends its time on otherwise.
+    """
+    utility = TcpUtility(timeout=timeout)
+    connection = getattr(utility, "_TcpUtility__connection", None)
+    if connection is None:                     # another PySyncObj layout: derive each time, as it does
+        return TcpUtility(password=secret, timeout=timeout)
+    connection.encryptor = _fernet(secret)     # a Fernet keeps no state between messages: safe to share
+    return utility
+
+
 async def ask_to_join(secret, addr, members, timeout=10.0, replica=False):
     """Ask the shoutd at `addr` to leave its one-node cluster and join `members` (as a replica of them)."""
     def call():
         try:
-            return TcpUtility(password=secret, timeout=timeout).executeCommand(addr, [REPLICA if replica else JOIN]
-                                                                               + members)
+            return _utility(secret, timeout).executeCommand(addr, [REPLICA if replica else JOIN] + members)
         except UtilityException as e:
             return "unreachable: %s" % e
     reply = str(await asyncio.get_running_loop().run_in_executor(None, call))
@@ -56,7 +77,7 @@ async def ask_version(secret, addr, timeout=3.0):
     """The newest state version the shoutd at `addr` runs; None if it does not say (shoutd 0.2, or unreachable)."""
     def call():
         try:
-            return TcpUtility(password=secret, timeout=timeout).executeCommand(addr, [VERSION])
+            return _utility(secret, timeout).executeCommand(addr, [VERSION])
         except UtilityException:
             return None
     reply = await asyncio.get_running_loop().run_in_executor(None, call)
