@@ -149,6 +149,20 @@ class _SyncObj(SyncObj):
         super()._onTick(timeToWait)
         self._after_tick(self)
 
+    def _checkCommandsToApply(self):
+        # PySyncObj's leader sends appendEntries to every follower after each command it takes from
+        # the queue, so a command and the no-op behind it (RaftNode._propose) cost two rounds of
+        # encrypted messages and acks.  Take what is queued, then send once: the same entries, one
+        # round.  Only the tick thread runs this, and only it sends appendEntries.
+        wanted = []
+        self._SyncObj__sendAppendEntries = lambda: wanted.append(True)    # shadows the method meanwhile
+        try:
+            super()._checkCommandsToApply()
+        finally:
+            del self._SyncObj__sendAppendEntries
+        if wanted:
+            self._SyncObj__sendAppendEntries()
+
 
 def call_on(loop, fn, *args):
     """call_soon_threadsafe from the tick thread; a loop that is gone (shutdown) is no error."""
