@@ -60,6 +60,10 @@ class Channel:
         self._out_tag, self._in_tag = (b"c", b"s") if initiator else (b"s", b"c")
         self._sent = self._received = 0
         self.peer = writer.get_extra_info("peername")
+        self._heard = 0.0           # loop time of the last frame, or of the first wait for one
+        self._watch = None          # the one timer that finds a silent peer (see receive)
+        self._timeout = None
+        self._silent = None         # why the watch closed the channel
 
     @classmethod
     async def open(cls, reader, writer, secret, initiator, timeout=HANDSHAKE_TIMEOUT):
@@ -103,16 +107,26 @@ class Channel:
         return self._writer.transport.get_write_buffer_size()
 
     async def receive(self, timeout=None) -> dict:
+        """The next message; ChannelError if none comes within `timeout` seconds of the last one.
+
+        Every replica receives every op, so this is the hottest await a
+        replica has: rather than a timer per frame (wait_for even makes a
+        task), one timer per channel looks at when a frame last came.
+        """
+        loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        if timeout is not None and self._watch is None:
+            self._heard = loop.time()
+            self._watch = loop.call_later(timeout, self._look)
         try:
-            header = await asyncio.wait_for(self._reader.readexactly(_HEADER.size), timeout)
+            header = await self._reader.readexactly(_HEADER.size)
             (size,) = _HEADER.unpack(header)
             if size > MAX_FRAME:
                 raise ChannelError("a frame of %d bytes announced (at most %d)" % (size, MAX_FRAME))
-            sealed = await asyncio.wait_for(self._reader.readexactly(size), timeout)
-        except asyncio.TimeoutError:
-            raise ChannelError("silent for %gs" % timeout) from None
+            sealed = await self._reader.readexactly(size)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            raise ChannelError("connection closed") from None
+            raise ChannelError(self._silent or "connection closed") from None
+        self._heard = loop.time()
         try:
             data = self._aead.decrypt(self._nonce(self._in_tag, self._received), sealed, None)
         except InvalidTag:
@@ -127,5 +141,20 @@ class Channel:
             raise ChannelError("a message that is not an object")
         return message
 
+    def _look(self):
+        self._watch = None
+        timeout = self._timeout                 # the latest receive's
+        if timeout is None:
+            return
+        quiet = asyncio.get_running_loop().time() - self._heard
+        if quiet < timeout:
+            self._watch = asyncio.get_running_loop().call_later(timeout - quiet, self._look)
+            return
+        self._silent = "silent for %gs" % timeout
+        self._writer.transport.abort()        # the pending read ends, and receive says why
+
     def close(self):
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         self._writer.close()

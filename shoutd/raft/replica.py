@@ -67,12 +67,13 @@ async def probe(secret, node, addr):
 class Follower:
     """Follows the cluster through a voter; `state` is the replica's copy, read on the loop."""
 
-    def __init__(self, node, secret, voters, on_change=lambda: None, fallback=lambda: []):
+    def __init__(self, node, secret, voters, on_change=lambda: None, fallback=lambda: [], on_op=None):
         self.node = node
         self._secret = secret
         self._voters = voters       # () -> the voters' feed addresses, "host:port"
         self._fallback = fallback   # () -> more addresses to try when no voter answered a whole round
         self._on_change = on_change
+        self._on_op = on_op or on_change    # after each op: the state moved, the connection did not
         self.state = ClusterState()
         self.voter = None           # the feed address of the voter followed now
         self.voter_node = None      # and its member address (Raft's)
@@ -166,7 +167,7 @@ class Follower:
             if self.state.applied[1] != message.get("digest") and not self.state.halted:
                 self.state = ClusterState()      # disagrees with the voter: take the state whole
                 raise ChannelError("op %d left this replica with another digest than its voter's" % at)
-            self._on_change()
+            self._on_op()
         elif kind == "snapshot":
             state = replica_state(message)
             if state.applied[0] < self.state.applied[0]:

@@ -30,7 +30,8 @@ class ReplicaNode:
         self.self_addr = self_addr
         self.secret = secret
         self._configured = sorted(voters)     # the voters it was told of (members.json), until the state names them
-        self.follower = Follower(self_addr, secret, self._feeds, on_change=self._moved, fallback=self._others)
+        self.follower = Follower(self_addr, secret, self._feeds, on_change=self._moved, fallback=self._others,
+                                 on_op=self._applied)
         self.status = RaftStatus(self=self_addr, role="replica", nodes={self_addr: "self"})
         self.loop = None
         self.caught_up = None
@@ -68,6 +69,14 @@ class ReplicaNode:
         if self.halted and self.caught_up is not None:
             self.caught_up.clear()
         self._on_change()
+
+    def _applied(self):
+        """An op arrived: the state moved; the status only if the op halted this release or changed the voters."""
+        if self.follower.state.halted != self.halted or len(self.status.nodes) != len(self.voters()) + 1 or \
+                any(v not in self.status.nodes for v in self.voters()):
+            self._moved()
+        else:
+            self._on_change()
 
     @property
     def state(self):

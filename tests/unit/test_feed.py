@@ -250,3 +250,30 @@ def test_a_replica_that_missed_a_whole_voter_set_change_finds_the_voters_among_t
         await same_state(follower, voters.nodes)
         await follower.stop()
     asyncio.run(main())
+
+
+def test_a_channel_is_dropped_when_its_peer_falls_silent_and_kept_while_frames_come():
+    """One timer per channel (not per frame) finds a silent peer: frames closer than the timeout keep the
+    channel; a gap longer than it ends the pending receive with a ChannelError that says so."""
+    from shoutd.raft.channel import Channel, ChannelError
+
+    async def main():
+        accepted = asyncio.get_running_loop().create_future()
+
+        async def serve(reader, writer):
+            accepted.set_result(await Channel.open(reader, writer, SECRET, initiator=False))
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = await Channel.open(reader, writer, SECRET, initiator=True)
+        voter = await accepted
+        for i in range(8):                     # 0.8 s of frames 0.1 s apart, against a 0.3 s timeout
+            voter.send({"t": "ping", "n": i})
+            assert (await client.receive(0.3))["n"] == i
+            await asyncio.sleep(0.1)
+        with pytest.raises(ChannelError, match="silent for 0.3s"):
+            await client.receive(0.3)
+        client.close()
+        voter.close()
+        server.close()
+    asyncio.run(main())
