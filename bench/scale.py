@@ -17,6 +17,8 @@ vote (shoutd before replicas).  From one run it prints:
 - failover: from kill -9 of the leader until that host's write is accepted
   again;
 - idle CPU (% of one core) and RSS of the leader and of that host.
+While forming, it also says on stderr when every daemon had started (each
+registered alone) and when the AddPeer calls returned.
 Not a test: nothing here asserts a time.  Needs root; the larger sizes need
 minutes on a small machine.
 """
@@ -124,11 +126,13 @@ def form(world, secret, hosts, all_voters):
         h.start(secret, wait=False)
     for h in hosts:
         h.wait_registered(timeout=600)
+    print("  started, each registered alone: %.1f s" % (time.monotonic() - began), file=sys.stderr, flush=True)
     # Once the leader recorded the voters, AddPeer makes replicas.
     wait_for(lambda: any("voters now " in h.read_log() for h in voters), timeout=60, what="the voters recorded")
     with concurrent.futures.ThreadPoolExecutor(JOINS) as pool:
         # An AddPeer that runs out of D-Bus time on a busy machine still completes: membership decides below.
         list(pool.map(lambda h: bus.busctl(*BUS_CALL, "AddPeer", "s", h.ip, check=False), replicas))
+    print("  AddPeer calls returned: %.1f s" % (time.monotonic() - began), file=sys.stderr, flush=True)
     wait_for(lambda: len(bus.status()["Roles"]) == len(hosts), timeout=600, interval=0.5, what="every host a member")
     return time.monotonic() - began
 
