@@ -81,6 +81,7 @@ class Follower:
         self.taken_whole = 0        # snapshots received: a replica back from a short absence needs none
         self._channel = None
         self._pending = {}          # id -> request: writes, resent on every new channel until answered
+        self._channels_sent = {}    # id -> on how many channels that write went out
         self._answers = {}          # id -> future, for every request asked and not answered yet
         self._ids = itertools.count(1)
         self.task = None
@@ -140,8 +141,9 @@ class Follower:
             self.connected.set()
             self._on_change()
             log.info("replica follows voter %s (%s)", addr, welcome.get("voter"))
-            for request in self._pending.values():
+            for rid, request in self._pending.items():
                 channel.send(request)           # a write keeps its request id: applied once
+                self._channels_sent[rid] = self._channels_sent.get(rid, 0) + 1
             pinger = asyncio.ensure_future(self._ping(channel))
             try:
                 while True:
@@ -192,22 +194,30 @@ class Follower:
         op = dict(op)
         op.setdefault("req", ops.new_request_id())
         try:
-            answer = await self._request(op, timeout)
+            answer, channels = await self._request(op, timeout)
         except asyncio.TimeoutError:
             asyncio.ensure_future(self._settle(op))
             raise ShoutdError("no voter confirmed %s within %gs (%s), so this host cannot tell yet whether it took "
                               "effect; shoutd withdraws it if it did. Try again once a voter answers"
                               % (op.get("op"), timeout, self._where()),
                               UNAVAILABLE, OUTCOME_UNKNOWN) from None
+        if "error" in answer and channels > 1:
+            # An earlier voter had it when its channel broke, and may have proposed it: that attempt can
+            # still commit, whatever this voter says of its own.  Settle it, and say so.
+            asyncio.ensure_future(self._settle(op))
+            raise ShoutdError("voter %s refused %s (%s), but an earlier voter had it when its channel broke, so "
+                              "this host cannot tell yet whether it took effect; shoutd withdraws it if it did"
+                              % (self.voter, op.get("op"), answer["error"]), UNAVAILABLE, OUTCOME_UNKNOWN)
         if "error" in answer:
             raise ShoutdError(str(answer["error"]), str(answer.get("kind")), answer.get("name"))
         return answer.get("value")
 
     async def _request(self, op, timeout):
-        """The voter's answer to `op`, sent now and again on every new channel until it comes."""
-        return await self._ask({"t": "submit", "op": op}, timeout, resend=True)
+        """(The voter's answer to `op`, on how many channels it went): sent now and again on every new
+        channel until the answer comes."""
+        return await self._ask({"t": "submit", "op": op}, timeout, resend=True, count=True)
 
-    async def _ask(self, request, timeout, resend):
+    async def _ask(self, request, timeout, resend, count=False):
         rid = next(self._ids)
         request = dict(request, id=rid)
         fut = asyncio.get_running_loop().create_future()
@@ -216,11 +226,14 @@ class Follower:
             self._pending[rid] = request
         if self._channel is not None:
             self._channel.send(request)
+            self._channels_sent[rid] = 1
         try:
-            return await asyncio.wait_for(fut, timeout)
+            answer = await asyncio.wait_for(fut, timeout)
+            return (answer, self._channels_sent.get(rid, 0)) if count else answer
         finally:
             self._pending.pop(rid, None)
             self._answers.pop(rid, None)
+            self._channels_sent.pop(rid, None)
 
     async def membership(self, kind, address, timeout):
         """AddPeer ("add") or RemovePeer ("remove") of `address`, run on the voter followed now."""
@@ -244,7 +257,7 @@ class Follower:
     async def _settle(self, op):
         withdraw = ops.withdraw(self.node, op["req"])
         try:
-            answer = await self._request(withdraw, SETTLE_FOR)
+            answer, _ = await self._request(withdraw, SETTLE_FOR)
         except asyncio.TimeoutError:
             log.error("could not withdraw %s %s within %gs: it may hold what it took", op.get("op"), op["req"],
                       SETTLE_FOR)

@@ -17,7 +17,7 @@ from shoutd.raft import channel as channel_module
 from shoutd.raft import feed as feed_module
 from shoutd.raft.feed import Feed
 from shoutd.raft.replica import Follower
-from shoutd.state import ClusterState
+from shoutd.state import ClusterState, ops
 
 from ..support import free_ports, until
 from .test_raft import POOL, SECRET, build, settled
@@ -276,4 +276,49 @@ def test_a_channel_is_dropped_when_its_peer_falls_silent_and_kept_while_frames_c
         client.close()
         voter.close()
         server.close()
+    asyncio.run(main())
+
+
+def test_a_write_refused_by_a_second_voter_after_the_first_took_it_and_vanished_is_not_called_refused():
+    """The first voter may have proposed it before its channel broke, and that attempt can still commit: the
+    second voter's refusal says nothing of it, so the replica answers "cannot tell" and withdraws the write."""
+    from shoutd.errors import OUTCOME_UNKNOWN
+    from shoutd.raft.channel import Channel
+
+    async def main():
+        seen = {"first": [], "second": []}
+
+        def voter(name):
+            async def serve(reader, writer):
+                channel = await Channel.open(reader, writer, SECRET, initiator=False)
+                await channel.receive(5)                                   # the hello
+                channel.send({"t": "welcome", "voter": name, "leader": name})
+                while True:
+                    try:
+                        message = await channel.receive(10)
+                    except Exception:  # noqa: BLE001 - the replica went away
+                        return
+                    if message.get("t") != "submit":
+                        continue
+                    seen[name].append(message["op"])
+                    if name == "first":
+                        channel.close()                                    # took it, and died
+                        return
+                    channel.send({"t": "result", "id": message["id"], "error": "no quorum, nothing changed",
+                                  "kind": "unavailable"})
+            return serve
+        servers = [await asyncio.start_server(voter(n), "127.0.0.1", 0) for n in ("first", "second")]
+        feeds = ["127.0.0.1:%d" % s.sockets[0].getsockname()[1] for s in servers]
+        follower = Follower("replica-1:7380", SECRET, lambda: feeds)
+        follower._order = lambda: list(feeds)                              # the first, then the second
+        follower.start()
+        await until(lambda: follower.voter == feeds[0], what="following the first voter")
+        with pytest.raises(ShoutdError) as err:
+            await follower.submit(ops.member_up("replica-1:7380", "198.18.0.9", "r1"), timeout=10)
+        assert err.value.name == OUTCOME_UNKNOWN and "cannot tell" in str(err.value), str(err.value)
+        assert seen["first"][0]["req"] == seen["second"][0]["req"], "the same request, resent"
+        await until(lambda: any(op["op"] == "withdraw" for op in seen["second"]), what="the write withdrawn")
+        follower.task.cancel()
+        for s in servers:
+            s.close()
     asyncio.run(main())
