@@ -20,7 +20,11 @@ if called there (service/membership.py); they are not resent to another
 voter when the channel breaks: the caller is told, and looks.
 
 Writes.  A replica's write goes to its voter, which proposes it as its own
-(RaftNode.submit) and answers once its state has applied it.  The op reached
+(RaftNode.submit), once and under the replica's request id, and answers once
+its state has applied it.  A refusal goes back to the replica, which tries
+again (replica.py): were the voter to try again under a new id, a replica
+that meanwhile moved to another voter could end with its write applied
+twice.  The op reached
 the replica before the answer, on the same channel, so the replica reads its
 own write.  A replica writes only its own records: every op names its
 proposer (`node`), which must be the host the replica said it is.
@@ -239,7 +243,7 @@ class Feed:
             else:
                 op = message.get("op")
                 whose(op, session.node)
-                reply["value"] = await self._submit(op)
+                reply["value"] = await self._submit(op, again=False)
         except ShoutdError as e:
             reply.update(error=e.message, kind=e.kind, name=e.name)
         except Exception as e:  # noqa: BLE001 - one replica's write must not end the feed

@@ -434,7 +434,7 @@ class RaftNode:
             return REFUSED, _REFUSED[err]
         return UNKNOWN, _UNKNOWN.get(err, "Raft error %s" % err)
 
-    async def submit(self, op, timeout=SUBMIT_TIMEOUT, describe=None):
+    async def submit(self, op, timeout=SUBMIT_TIMEOUT, describe=None, again=True):
         """Replicate `op`; return its value, or raise ShoutdError with a definite outcome.
 
         Every refusal means the op will never take effect.  The one exception
@@ -443,7 +443,9 @@ class RaftNode:
         proposed, naming the hosts still on an older release.  An attempt that an
         election cut short, and that is known to have had no effect, is made
         again (as a new request) for up to WRITE_WAIT: the caller sees the
-        write succeed once the new leader is in place.
+        write succeed once the new leader is in place.  Not with `again`
+        false: a replica's write (feed.py) keeps the request id the replica
+        gave it, which is the one the replica withdraws if it moves on.
         """
         if self.halted:
             raise ShoutdError(self.halted, UNAVAILABLE, "UpgradeNeeded")
@@ -465,7 +467,7 @@ class RaftNode:
                                       "(%s); shoutd keeps settling it and undoes it if it did. Try again once the "
                                       "cluster has a quorum" % (name, self.no_quorum_message(describe)),
                                       UNAVAILABLE, OUTCOME_UNKNOWN)
-            if outcome != REFUSED or self.loop.time() >= retry_until:
+            if outcome != REFUSED or not again or self.loop.time() >= retry_until:
                 break
             log.info("%s %s: %s, nothing was changed; trying again", name, op["req"], detail)
             op = dict(op, req=new_request_id())

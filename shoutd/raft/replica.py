@@ -22,10 +22,11 @@ import itertools
 import logging
 import zlib
 
-from ..errors import OUTCOME_UNKNOWN, UNAVAILABLE, ShoutdError
+from ..errors import NO_QUORUM, OUTCOME_UNKNOWN, UNAVAILABLE, ShoutdError
 from ..state import ClusterState, ops
 from .channel import HANDSHAKE_TIMEOUT, Channel, ChannelError
 from .feed import DEAD_AFTER, PING, replica_state
+from .node import WRITE_WAIT
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ async def probe(secret, node, addr):
         raise ChannelError("no answer about the voters")
     return {"voters": [str(v) for v in welcome["voters"]], "leader": welcome.get("leader"),
             "serves": [str(r) for r in welcome.get("serves", [])]}
+
+
+def _refused(answer):
+    """Whether a voter's answer says the write was not made and may be tried again (no leader, no quorum)."""
+    return answer.get("kind") == UNAVAILABLE and answer.get("name") in (None, NO_QUORUM)
 
 
 class Follower:
@@ -193,14 +199,17 @@ class Follower:
         ops.check_proposable(op, self.state)
         op = dict(op)
         op.setdefault("req", ops.new_request_id())
-        try:
-            answer, channels = await self._request(op, timeout)
-        except asyncio.TimeoutError:
-            asyncio.ensure_future(self._settle(op))
-            raise ShoutdError("no voter confirmed %s within %gs (%s), so this host cannot tell yet whether it took "
-                              "effect; shoutd withdraws it if it did. Try again once a voter answers"
-                              % (op.get("op"), timeout, self._where()),
-                              UNAVAILABLE, OUTCOME_UNKNOWN) from None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while True:
+            answer, channels = await self._attempt(op, began + timeout - loop.time(), timeout)
+            if not (_refused(answer) and channels == 1 and loop.time() - began < min(WRITE_WAIT, timeout)):
+                break
+            # Nothing was changed (the voter proposed it once, under this id, and settled it, or not at all):
+            # as on a voter, try again under a new id while the cluster elects a leader.
+            log.info("%s %s: %s; trying again", op.get("op"), op["req"], answer["error"])
+            op = dict(op, req=ops.new_request_id())
+            await asyncio.sleep(0.1)          # a refusal comes at once: give the election a moment
         if "error" in answer and channels > 1:
             # An earlier voter had it when its channel broke, and may have proposed it: that attempt can
             # still commit, whatever this voter says of its own.  Settle it, and say so.
@@ -211,6 +220,17 @@ class Follower:
         if "error" in answer:
             raise ShoutdError(str(answer["error"]), str(answer.get("kind")), answer.get("name"))
         return answer.get("value")
+
+    async def _attempt(self, op, left, timeout):
+        """(answer, on how many channels it went) for one request id, within `left` of the write's `timeout`."""
+        try:
+            return await self._request(op, max(left, 0.0))
+        except asyncio.TimeoutError:
+            asyncio.ensure_future(self._settle(op))
+            raise ShoutdError("no voter confirmed %s within %gs (%s), so this host cannot tell yet whether it took "
+                              "effect; shoutd withdraws it if it did. Try again once a voter answers"
+                              % (op.get("op"), timeout, self._where()),
+                              UNAVAILABLE, OUTCOME_UNKNOWN) from None
 
     async def _request(self, op, timeout):
         """(The voter's answer to `op`, on how many channels it went): sent now and again on every new

@@ -6,6 +6,7 @@ the history and the hosts' final states.  The schedule comes from a printed
 seed (cluster.py).
 """
 
+import collections
 import random
 import time
 
@@ -33,6 +34,11 @@ def run(cluster, nemesis):
     counts = workload.counts()
     print("operations: %s" % counts)
     problems = check(workload.history, finals)
+    if problems:       # what the callers were told, for whoever reads the failure
+        told = collections.Counter((op.client, op.kind, op.outcome, op.detail[:200])
+                                   for op in workload.history if op.outcome != "ok")
+        for (client, kind, outcome, detail), n in told.most_common(30):
+            print("%d x %s %s %s: %s" % (n, client, kind, outcome, detail))
     assert counts.get("alloc ok", 0) >= 20, "the workload hardly ran: %s" % counts
     assert not problems, "\n".join(["seed %d" % value] + problems[:20])
     return counts, figures

@@ -322,3 +322,38 @@ def test_a_write_refused_by_a_second_voter_after_the_first_took_it_and_vanished_
         for s in servers:
             s.close()
     asyncio.run(main())
+
+
+def test_a_replica_s_write_refused_for_want_of_a_leader_is_tried_again_under_a_new_id_by_the_replica():
+    """The voter proposes a replica's write once, under the replica's id (its own retries under new ids could
+    apply the write twice if the replica moved on); the replica tries again itself, as a voter would."""
+    from shoutd.raft.channel import Channel
+
+    async def main():
+        seen = []
+
+        async def serve(reader, writer):
+            channel = await Channel.open(reader, writer, SECRET, initiator=False)
+            await channel.receive(5)
+            channel.send({"t": "welcome", "voter": "v", "leader": "v"})
+            while True:
+                try:
+                    message = await channel.receive(10)
+                except Exception:  # noqa: BLE001 - the replica went away
+                    return
+                if message.get("t") != "submit":
+                    continue
+                seen.append(message["op"]["req"])
+                answer = ({"error": "no leader yet", "kind": "unavailable", "name": "NoQuorum"} if len(seen) == 1
+                          else {"value": "done"})
+                channel.send(dict(answer, t="result", id=message["id"]))
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        feed = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+        follower = Follower("replica-1:7380", SECRET, lambda: [feed])
+        follower.start()
+        await until(lambda: follower.voter == feed, what="following the voter")
+        assert await follower.submit(ops.member_up("replica-1:7380", "198.18.0.9", "r1"), timeout=10) == "done"
+        assert len(seen) == 2 and seen[0] != seen[1], seen
+        follower.task.cancel()
+        server.close()
+    asyncio.run(main())
