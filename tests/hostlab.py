@@ -185,9 +185,11 @@ class Host:
         cmd = ["nsenter", "--net=/run/netns/" + self.name] + list(wrap) + [
             sys.executable, "-m", module, "--config", os.path.join(self.dir, "none.conf"),
             "--advertise-address", self.ip, "--peers", ",".join(peers),
-            "--plugin-socket", self.socket, "--managed-socket", os.path.join(self.dir, "managed.sock"),
+            "--plugin-socket", self.socket,
             "--docker-socket", os.path.join(self.dir, "no-docker.sock"),
             "--state-dir", os.path.join(self.dir, "state"), "--secret-file", secret_file] + list(extra)
+        if tree is None:        # a socket of its own (older releases, run from `tree`, have no such flag)
+            cmd += ["--managed-socket", os.path.join(self.dir, "managed.sock")]
         with open(os.path.join(self.dir, "none.conf"), "w") as f:
             # SHOUTD_TEST_LOG_LEVEL=debug shows each pre-vote, for example, when a nemesis test fails.
             f.write("[shoutd]\nlog_level = %s\n" % os.environ.get("SHOUTD_TEST_LOG_LEVEL", "info"))
