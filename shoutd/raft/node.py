@@ -220,8 +220,9 @@ class RaftNode:
             useFork=False,                   # forking a threaded process can deadlock
             commandsWaitLeader=False,        # see the module note: refuse, never queue
             # Every container start and stop commits several commands, so
-            # commit latency is what `docker run` feels: send each command at
-            # once; the no-op in _propose() then commits it in one round trip.
+            # commit latency is what `docker run` feels: send commands at once
+            # (what is queued goes in one round, _SyncObj._checkCommandsToApply);
+            # the no-op in _propose() then commits a command in one round trip.
             appendEntriesUseBatch=False,
             connectionRetryTime=1.0,
             connectionTimeout=CONNECTION_TIMEOUT,
