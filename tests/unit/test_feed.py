@@ -279,36 +279,42 @@ def test_a_channel_is_dropped_when_its_peer_falls_silent_and_kept_while_frames_c
     asyncio.run(main())
 
 
+async def scripted_voter(name, answer):
+    """A feed that welcomes a replica and hands each write it gets to `answer(op)`: a reply (without the
+    request id) to send, or None to hang up.  Returns (its server, its address)."""
+    from shoutd.raft.channel import Channel
+
+    async def serve(reader, writer):
+        channel = await Channel.open(reader, writer, SECRET, initiator=False)
+        await channel.receive(5)                                           # the hello
+        channel.send({"t": "welcome", "voter": name, "leader": name})
+        while True:
+            try:
+                message = await channel.receive(10)
+            except Exception:  # noqa: BLE001 - the replica went away
+                return
+            if message.get("t") != "submit":
+                continue
+            reply = answer(message["op"])
+            if reply is None:
+                channel.close()
+                return
+            channel.send(dict(reply, t="result", id=message["id"]))
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+
+
 def test_a_write_refused_by_a_second_voter_after_the_first_took_it_and_vanished_is_not_called_refused():
     """The first voter may have proposed it before its channel broke, and that attempt can still commit: the
     second voter's refusal says nothing of it, so the replica answers "cannot tell" and withdraws the write."""
     from shoutd.errors import OUTCOME_UNKNOWN
-    from shoutd.raft.channel import Channel
 
     async def main():
         seen = {"first": [], "second": []}
-
-        def voter(name):
-            async def serve(reader, writer):
-                channel = await Channel.open(reader, writer, SECRET, initiator=False)
-                await channel.receive(5)                                   # the hello
-                channel.send({"t": "welcome", "voter": name, "leader": name})
-                while True:
-                    try:
-                        message = await channel.receive(10)
-                    except Exception:  # noqa: BLE001 - the replica went away
-                        return
-                    if message.get("t") != "submit":
-                        continue
-                    seen[name].append(message["op"])
-                    if name == "first":
-                        channel.close()                                    # took it, and died
-                        return
-                    channel.send({"t": "result", "id": message["id"], "error": "no quorum, nothing changed",
-                                  "kind": "unavailable"})
-            return serve
-        servers = [await asyncio.start_server(voter(n), "127.0.0.1", 0) for n in ("first", "second")]
-        feeds = ["127.0.0.1:%d" % s.sockets[0].getsockname()[1] for s in servers]
+        first, first_feed = await scripted_voter("first", lambda op: seen["first"].append(op))   # took it, died
+        second, second_feed = await scripted_voter("second", lambda op: seen["second"].append(op) or {
+            "error": "no quorum, nothing changed", "kind": "unavailable"})
+        feeds = [first_feed, second_feed]
         follower = Follower("replica-1:7380", SECRET, lambda: feeds)
         follower._order = lambda: list(feeds)                              # the first, then the second
         follower.start()
@@ -319,36 +325,23 @@ def test_a_write_refused_by_a_second_voter_after_the_first_took_it_and_vanished_
         assert seen["first"][0]["req"] == seen["second"][0]["req"], "the same request, resent"
         await until(lambda: any(op["op"] == "withdraw" for op in seen["second"]), what="the write withdrawn")
         follower.task.cancel()
-        for s in servers:
-            s.close()
+        first.close()
+        second.close()
     asyncio.run(main())
 
 
 def test_a_replica_s_write_refused_for_want_of_a_leader_is_tried_again_under_a_new_id_by_the_replica():
     """The voter proposes a replica's write once, under the replica's id (its own retries under new ids could
     apply the write twice if the replica moved on); the replica tries again itself, as a voter would."""
-    from shoutd.raft.channel import Channel
-
     async def main():
         seen = []
 
-        async def serve(reader, writer):
-            channel = await Channel.open(reader, writer, SECRET, initiator=False)
-            await channel.receive(5)
-            channel.send({"t": "welcome", "voter": "v", "leader": "v"})
-            while True:
-                try:
-                    message = await channel.receive(10)
-                except Exception:  # noqa: BLE001 - the replica went away
-                    return
-                if message.get("t") != "submit":
-                    continue
-                seen.append(message["op"]["req"])
-                answer = ({"error": "no leader yet", "kind": "unavailable", "name": "NoQuorum"} if len(seen) == 1
-                          else {"value": "done"})
-                channel.send(dict(answer, t="result", id=message["id"]))
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        feed = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+        def answer(op):
+            seen.append(op["req"])
+            if len(seen) == 1:
+                return {"error": "no leader yet", "kind": "unavailable", "name": "NoQuorum"}
+            return {"value": "done"}
+        server, feed = await scripted_voter("v", answer)
         follower = Follower("replica-1:7380", SECRET, lambda: [feed])
         follower.start()
         await until(lambda: follower.voter == feed, what="following the voter")
