@@ -24,9 +24,8 @@ Writes.  A replica's write goes to its voter, which proposes it as its own
 its state has applied it.  A refusal goes back to the replica, which tries
 again (replica.py): were the voter to try again under a new id, a replica
 that meanwhile moved to another voter could end with its write applied
-twice.  The op reached
-the replica before the answer, on the same channel, so the replica reads its
-own write.  A replica writes only its own records: every op names its
+twice.  The op reached the replica before the answer, on the same channel,
+so the replica reads its own write.  A replica writes only its own records: every op names its
 proposer (`node`), which must be the host the replica said it is.
 
 A replica that reads too slowly is dropped once MAX_BACKLOG bytes wait for

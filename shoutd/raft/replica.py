@@ -235,9 +235,10 @@ class Follower:
     async def _request(self, op, timeout):
         """(The voter's answer to `op`, on how many channels it went): sent now and again on every new
         channel until the answer comes."""
-        return await self._ask({"t": "submit", "op": op}, timeout, resend=True, count=True)
+        return await self._ask({"t": "submit", "op": op}, timeout, resend=True)
 
-    async def _ask(self, request, timeout, resend, count=False):
+    async def _ask(self, request, timeout, resend):
+        """(the answer to `request`, on how many channels it went)."""
         rid = next(self._ids)
         request = dict(request, id=rid)
         fut = asyncio.get_running_loop().create_future()
@@ -249,7 +250,7 @@ class Follower:
             self._channels_sent[rid] = 1
         try:
             answer = await asyncio.wait_for(fut, timeout)
-            return (answer, self._channels_sent.get(rid, 0)) if count else answer
+            return answer, self._channels_sent.get(rid, 0)
         finally:
             self._pending.pop(rid, None)
             self._answers.pop(rid, None)
@@ -261,7 +262,8 @@ class Follower:
             raise ShoutdError("this host is a replica and reaches no voter to change the membership (%s)"
                               % self._where(), UNAVAILABLE, "NoQuorum")
         try:
-            answer = await self._ask({"t": "membership", "kind": kind, "address": address}, timeout, resend=False)
+            answer, _ = await self._ask({"t": "membership", "kind": kind, "address": address}, timeout,
+                                        resend=False)
         except asyncio.TimeoutError:
             raise ShoutdError("voter %s did not answer within %gs; see `shoutdctl peers` for what changed"
                               % (self.voter, timeout), UNAVAILABLE) from None

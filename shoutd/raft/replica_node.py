@@ -72,8 +72,7 @@ class ReplicaNode:
 
     def _applied(self):
         """An op arrived: the state moved; the status only if the op halted this release or changed the voters."""
-        if self.follower.state.halted != self.halted or len(self.status.nodes) != len(self.voters()) + 1 or \
-                any(v not in self.status.nodes for v in self.voters()):
+        if self.follower.state.halted != self.halted or set(self.status.nodes) != {*self.voters(), self.self_addr}:
             self._moved()
         else:
             self._on_change()
