@@ -7,9 +7,10 @@ cursor per network), not lowest-free, so a just-released address is not
 reused while peers may still cache its MAC.
 """
 
+import functools
 import ipaddress
-
-from typing import TYPE_CHECKING
+import socket
+from typing import TYPE_CHECKING, Tuple
 
 from .. import checks
 from ..errors import CONFLICT, NOT_FOUND
@@ -282,21 +283,29 @@ def free_subnet(state: "ClusterState", pool, prefix) -> ipaddress.IPv4Network:
            "default_pool in shoutd.conf" % (pool, prefix), CONFLICT)
 
 
+@functools.lru_cache(maxsize=1024)
+def _hosts(subnet: str) -> Tuple[int, int]:
+    """(first host address as an integer, number of host addresses) of `subnet`.
+
+    Every host applies every allocation, and parsing the subnet was most of
+    an allocation's cost there: a network's subnet never changes."""
+    net = ipaddress.IPv4Network(subnet)
+    return int(net.network_address) + 1, net.num_addresses - 2
+
+
 def free_ip(net: Network) -> str:
-    subnet = ipaddress.IPv4Network(net["subnet"])
-    first, last = int(subnet.network_address) + 1, int(subnet.broadcast_address) - 1
-    size = last - first + 1
+    first, size = _hosts(net["subnet"])
     taken, gateway = net["addresses"], net["gateway"]
     if len(taken) + (gateway not in taken) >= size:
-        reject("no free address left in %s (subnet %s)" % (network_label(net), subnet), CONFLICT)
+        reject("no free address left in %s (subnet %s)" % (network_label(net), net["subnet"]), CONFLICT)
     # The cursor makes this O(1) on average, whatever the number in use.
     for i in range(size):
         offset = (net["next"] + i) % size
-        candidate = str(ipaddress.IPv4Address(first + offset))
+        candidate = socket.inet_ntoa((first + offset).to_bytes(4, "big"))     # as str(IPv4Address) writes it
         if candidate not in taken and candidate != gateway:
             net["next"] = offset + 1
             return candidate
-    reject("no free address left in %s (subnet %s)" % (network_label(net), subnet), CONFLICT)
+    reject("no free address left in %s (subnet %s)" % (network_label(net), net["subnet"]), CONFLICT)
 
 
 def parse_subnet(text) -> ipaddress.IPv4Network:
