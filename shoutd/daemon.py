@@ -217,7 +217,7 @@ class Daemon:
             remember_state_version(self.cfg.state_dir, self._version_kept)
         self.notifier.status(status, current)
         if self.dbus is not None:
-            self.dbus.refresh(parts)
+            self.dbus.refresh(parts, status)
 
     async def join(self, members, replica=False):
         """Another member ran AddPeer for this host: become part of its cluster (a replica of `members`)."""
@@ -304,7 +304,7 @@ class Daemon:
             log.error("cannot serve replicas on %s:%s (%s): replicas follow the other voters; free the port "
                       "and restart shoutd", host, port, e.strerror)
             return
-        raft.replica.on_apply = feed.applied
+        feed.follow(raft.replica)
         self.feed = feed
         log.info("serving replicas on %s:%s", host, port)
 

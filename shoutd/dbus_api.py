@@ -19,6 +19,7 @@ from dbus_next.errors import DBusError
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from .errors import CONFLICT, INVALID, NO_QUORUM, NOT_FOUND, UNAVAILABLE, ShoutdError
+from .state import MEMBERS, NETWORKS
 from .state.records import network_label
 
 log = logging.getLogger(__name__)
@@ -212,10 +213,18 @@ class Exported:
     def __init__(self, bus, iface):
         self.bus = bus
         self.iface = iface
+        self._status = None
 
-    def refresh(self, parts):
-        """After a change: members, networks or the leader may have moved."""
-        self.iface.refresh()
+    def refresh(self, parts, status):
+        """After a change (`parts` of the state, Raft's `status`): members, networks or the leader may have moved.
+
+        The properties are built from the whole membership, and every host
+        sees every op: an op that moved none of them (an address, an
+        endpoint, a group) costs nothing here."""
+        key = status.key()
+        if parts & {MEMBERS, NETWORKS} or key != self._status:
+            self._status = key
+            self.iface.refresh()
 
     async def disconnect(self):
         self.bus.disconnect()
