@@ -5,8 +5,9 @@ Raft: it keeps one channel (channel.py) to one voter, which sends it every op
 its own state applies, in order, numbered by the state's applied count
 (state/__init__.py: equal on every host that applied the same log).  Raft's
 heartbeats, elections and commits stay among the voters, whatever the number
-of replicas; what a voter spends per replica is one frame per applied op and
-a ping every PING seconds.
+of replicas; what a voter spends per replica is one frame per applied op (the
+ops of one batch in one write, once this voter's own writers were answered)
+and a ping every PING seconds.
 
 Catching up.  A replica says which count and digest it holds.  If this voter
 still has every op after that count in its tail (the last TAIL ops) and its
@@ -75,12 +76,9 @@ class Session:
         self.channel = channel
         self.since = time.time()
 
-    def push(self, message):
-        """Send `message`, a dict or already encoded (channel.encode)."""
-        if isinstance(message, bytes):
-            self.channel.send_encoded(message)
-        else:
-            self.channel.send(message)
+    def push(self, *messages):
+        """Send `messages`, dicts or already encoded (channel.encode), in one write."""
+        self.channel.send_encoded(*(m if isinstance(m, bytes) else encode(m) for m in messages))
         if self.channel.backlog() > MAX_BACKLOG:
             raise ChannelError("more than %d MiB waiting for it" % (MAX_BACKLOG >> 20))
 
@@ -89,8 +87,13 @@ class Feed:
     """Serves replicas from this voter's loop copy of the state.
 
     `state` returns that copy (ClusterState); `submit` is RaftNode.submit.
-    Call `applied(kind)` after the copy applied an op or a reset (machine.py
-    LoopReplica.on_apply).
+    `follow` hooks the feed to the copy (machine.py LoopReplica).
+
+    What the copy applied goes out to the replicas just after the writers
+    waiting for it here were answered, not before: a container start on
+    this host does not wait for a write to every replica, and the ops of one
+    batch go to each replica in one write.  An answer to a replica's own
+    write sends what is waiting first (see `_answer`).
     """
 
     def __init__(self, node, secret, state, submit, leader=lambda: None, ready=lambda: True, membership=None):
@@ -107,8 +110,14 @@ class Feed:
         self._base = state().applied        # (count, digest) just before the tail
         self._server = None
         self._pinger = None
+        self._outbox = []           # encoded messages applied here and not yet sent (see flush)
 
     # -- following the state -------------------------------------------------------------
+
+    def follow(self, copy):
+        """Be told of what `copy` (a LoopReplica) applies: each item, then each batch's end."""
+        copy.on_apply = self.applied
+        copy.after_drain = self.drained
 
     def applied(self, kind, op):
         count, digest = self._state().applied
@@ -117,13 +126,26 @@ class Feed:
             if len(self._tail) > TAIL:
                 dropped = self._tail.popleft()
                 self._base = dropped[:2]
-            self._broadcast({"t": "op", "at": count, "digest": digest, "op": op})
+            if self.sessions:                # a session that starts later gets the tail
+                self._outbox.append(encode({"t": "op", "at": count, "digest": digest, "op": op}))
         elif (count, digest) != self._head():
             # A reset (a snapshot installed), or a state that stopped counting:
             # the tail no longer leads here, so everyone gets the state whole.
             self._tail.clear()
             self._base = (count, digest)
-            self._broadcast(self._snapshot())
+            if self.sessions:
+                self._outbox.append(encode(self._snapshot()))
+
+    def drained(self):
+        """A batch was applied and its writers woken: send it once they have run (next loop turn)."""
+        if self._outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self):
+        """Send every replica what was applied and not sent yet, in one write each."""
+        if self._outbox:
+            self._broadcast(*self._outbox)
+            self._outbox = []
 
     def _head(self):
         return self._tail[-1][:2] if self._tail else self._base
@@ -145,16 +167,16 @@ class Feed:
         state = self._state()
         return {"t": "snapshot", "at": list(state.applied), "data": state.data}
 
-    def _broadcast(self, message):
+    def _broadcast(self, *messages):
         if not self.sessions:
             return
-        message = encode(message)            # once, whatever the number of replicas
+        messages = [m if isinstance(m, bytes) else encode(m) for m in messages]   # once, for every replica
         for session in list(self.sessions.values()):
-            self._send(session, message)
+            self._send(session, *messages)
 
-    def _send(self, session, message):
+    def _send(self, session, *messages):
         try:
-            session.push(message)
+            session.push(*messages)
         except (ChannelError, TypeError, ValueError) as e:
             log.warning("replica %s dropped: %s", session.node, e)
             self._forget(session)
@@ -183,6 +205,7 @@ class Feed:
     async def _ping(self):
         while True:
             await asyncio.sleep(PING)
+            self.flush()
             self._broadcast({"t": "ping", "leader": self._leader()})
 
     async def _serve(self, reader, writer):
@@ -204,6 +227,7 @@ class Feed:
                 await channel.drain()
                 return
             session = Session(node, channel)
+            self.flush()            # what is waiting goes to the others: this one gets the tail below
             old = self.sessions.get(node)
             if old is not None:
                 self._forget(old)            # the same replica, reconnected before its old channel timed out
@@ -250,6 +274,7 @@ class Feed:
             reply.update(error="internal error on voter %s: %s (a bug in shoutd; please report it)" % (self.node, e),
                          kind=INTERNAL, name=None)
         if self.sessions.get(session.node) is session:
+            self.flush()            # the write's op before its answer: the replica reads its own write
             self._send(session, reply)
 
 

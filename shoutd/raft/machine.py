@@ -131,6 +131,7 @@ class LoopReplica:
         self._waiters = []               # (seq, future)
         self._on_change = lambda: None
         self.on_apply = None             # (kind, payload) after each item: the replica feed (feed.py)
+        self.after_drain = None          # () after a batch, once its writers were woken: the feed sends it
 
     def attach(self, loop, on_change):
         self._loop = loop
@@ -156,6 +157,8 @@ class LoopReplica:
             self._loop.call_soon(self._drain)
         if batch:
             self._wake_waiters()
+            if self.after_drain is not None:
+                self.after_drain()
             self._on_change()
 
     def _wake_waiters(self):

@@ -15,7 +15,8 @@ import pytest
 from shoutd.errors import ShoutdError
 from shoutd.raft import channel as channel_module
 from shoutd.raft import feed as feed_module
-from shoutd.raft.feed import Feed
+from shoutd.raft.feed import Feed, Session
+from shoutd.raft.machine import Handover, LoopReplica
 from shoutd.raft.replica import Follower
 from shoutd.state import ClusterState, ops
 
@@ -35,7 +36,7 @@ class Voters:
         await settled(self.nodes)
         for node, port in zip(self.nodes, self.ports):
             feed = Feed(node.self_addr, SECRET, lambda node=node: node.state, node.submit)
-            node.replica.on_apply = feed.applied
+            feed.follow(node.replica)
             await feed.start("127.0.0.1", port)
             self.feeds.append(feed)
         return self
@@ -350,3 +351,40 @@ def test_a_replica_s_write_refused_for_want_of_a_leader_is_tried_again_under_a_n
         follower.task.cancel()
         server.close()
     asyncio.run(main())
+
+
+def test_a_batch_goes_to_each_replica_in_one_write_once_its_writers_here_were_answered():
+    """A writer on the voter (a container start there) does not wait for the replicas to be sent its op."""
+    class Recorder:
+        """A replica's channel: what each write carried."""
+        def __init__(self, order):
+            self.order, self.writes = order, []
+
+        def send_encoded(self, *datas):
+            self.writes.append([json.loads(d)["at"] for d in datas])
+            self.order.append("sent")
+
+        def backlog(self):
+            return 0
+
+    async def run():
+        order = []
+        copy = LoopReplica(Handover())
+        feed = Feed("voter-1:7380", SECRET, lambda: copy.state, None)
+        feed.follow(copy)
+        channel = Recorder(order)
+        feed.sessions["replica-1:7380"] = Session("replica-1:7380", channel)
+        copy.attach(asyncio.get_running_loop(), on_change=lambda: None)
+        await asyncio.sleep(0)
+        async def writer():
+            await copy.until(2)
+            order.append("answered")             # where the plugin's handler answers Docker
+        asyncio.ensure_future(writer())
+        await asyncio.sleep(0)
+        copy._handover.put("op", ops.member_up("voter-1:7380", "10.0.0.1", "one"))
+        copy._handover.put("op", ops.member_up("replica-1:7380", "10.0.0.2", "two"))
+        await until(lambda: channel.writes, what="the batch sent")
+        assert order == ["answered", "sent"]
+        assert channel.writes == [[1, 2]]
+
+    asyncio.run(run())
