@@ -109,6 +109,15 @@ def failover(hosts, pool, other):
             time.sleep(0.05)             # refused during the election: ask again
 
 
+def print_cpu(spent, leader, voters):
+    """Where an allocation's CPU goes (on stderr): the leader, each other voter, each replica, all daemons."""
+    replicas = [spent[h] for h in spent if h is not leader and h not in voters]
+    print("  CPU per allocation on the leader: %.2f ms on it, %.2f ms on another voter, %.2f ms on a replica, "
+          "%.1f ms on all %d daemons" % (1000 * spent[leader], 1000 * statistics.mean([spent[h] for h in voters] or [0]),
+                                         1000 * statistics.mean(replicas or [0]), 1000 * sum(spent.values()), len(spent)),
+          file=sys.stderr, flush=True)
+
+
 def form(world, secret, hosts, all_voters):
     """Start every daemon and make them one cluster; the seconds it took."""
     began = time.monotonic()
@@ -148,7 +157,11 @@ def run(n, allocations, idle_seconds, all_voters):
         other = hosts[-1] if hosts[-1] is not leader else hosts[-2]
         pool = leader.plugin("IpamDriver.RequestPool", {"AddressSpace": "shoutd", "Pool": POOL, "Options": {},
                                                         "V6": False})["PoolID"]
+        pids = {h: h.pid() for h in hosts}
+        before = {h: cpu_seconds(pid) for h, pid in pids.items()}
         on_leader = latencies(leader, pool, allocations)
+        spent = {h: (cpu_seconds(pid) - before[h]) / allocations for h, pid in pids.items()}
+        print_cpu(spent, leader, [h for h in hosts if h is not leader and "replica of" not in h.read_log()])
         on_other = latencies(other, pool, allocations)
         net = docker_id("scale")
         other.plugin("NetworkDriver.CreateNetwork", {"NetworkID": net, "Options": {"com.docker.network.generic": {}},
