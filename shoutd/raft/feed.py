@@ -5,9 +5,9 @@ Raft: it keeps one channel (channel.py) to one voter, which sends it every op
 its own state applies, in order, numbered by the state's applied count
 (state/__init__.py: equal on every host that applied the same log).  Raft's
 heartbeats, elections and commits stay among the voters, whatever the number
-of replicas; what a voter spends per replica is one frame per applied op (the
-ops of one batch in one write, once this voter's own writers were answered)
-and a ping every PING seconds.
+of replicas; what a voter spends per replica is one frame per applied op, at
+most one write per SPACING (what was applied meanwhile goes in one), and a
+ping every PING seconds.
 
 Catching up.  A replica says which count and digest it holds.  If this voter
 still has every op after that count in its tail (the last TAIL ops) and its
@@ -48,6 +48,7 @@ TAIL = 4096                 # ops kept for replicas that come back after a short
 PING = 2.0                  # seconds between pings each way
 DEAD_AFTER = 3 * PING + 1   # a channel silent this long is gone
 MAX_BACKLOG = 16 << 20      # bytes waiting for one replica before it is dropped
+SPACING = 0.05              # seconds between two writes of ops to the replicas (see Feed)
 
 
 FEED_PORT_OFFSET = 1        # a voter serves the feed on its Raft port + 1 (TCP 7381 by default)
@@ -75,6 +76,7 @@ class Session:
         self.node = node
         self.channel = channel
         self.since = time.time()
+        self.sent = 0               # how much of the feed's outbox this replica was sent already
 
     def push(self, *messages):
         """Send `messages`, dicts or already encoded (channel.encode), in one write."""
@@ -89,11 +91,13 @@ class Feed:
     `state` returns that copy (ClusterState); `submit` is RaftNode.submit.
     `follow` hooks the feed to the copy (machine.py LoopReplica).
 
-    What the copy applied goes out to the replicas just after the writers
-    waiting for it here were answered, not before: a container start on
-    this host does not wait for a write to every replica, and the ops of one
-    batch go to each replica in one write.  An answer to a replica's own
-    write sends what is waiting first (see `_answer`).
+    What the copy applied goes out to the replicas once the writers waiting
+    for it here were answered (a container start on this host waits for no
+    replica), and at most once per SPACING: ops that come faster wait and go
+    in one write.  So a voter's cost per replica is bounded by the time, not
+    by the rate of ops, and a replica wakes once for many; a change reaches
+    the replicas at most SPACING later.  A replica's own write is answered
+    at once, after what waits for that replica.
     """
 
     def __init__(self, node, secret, state, submit, leader=lambda: None, ready=lambda: True, membership=None):
@@ -110,7 +114,9 @@ class Feed:
         self._base = state().applied        # (count, digest) just before the tail
         self._server = None
         self._pinger = None
-        self._outbox = []           # encoded messages applied here and not yet sent (see flush)
+        self._outbox = []           # encoded messages applied here and not yet sent to every replica
+        self._flushed = float("-inf")   # loop time of the last flush
+        self._timer = None          # the flush scheduled, if any
 
     # -- following the state -------------------------------------------------------------
 
@@ -137,15 +143,31 @@ class Feed:
                 self._outbox.append(encode(self._snapshot()))
 
     def drained(self):
-        """A batch was applied and its writers woken: send it once they have run (next loop turn)."""
-        if self._outbox:
-            asyncio.get_running_loop().call_soon(self.flush)
+        """A batch was applied and its writers woken: send it once they have run, and SPACING after the last."""
+        if self._outbox and self._timer is None:
+            loop = asyncio.get_running_loop()
+            # A time already past runs after the writers' wake-ups, which are in the ready queue already.
+            self._timer = loop.call_at(max(loop.time(), self._flushed + SPACING), self.flush)
 
     def flush(self):
-        """Send every replica what was applied and not sent yet, in one write each."""
-        if self._outbox:
-            self._broadcast(*self._outbox)
-            self._outbox = []
+        """Send every replica what was applied and not sent to it yet, in one write each."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._outbox:
+            return
+        for session in list(self.sessions.values()):
+            if session.sent < len(self._outbox):
+                self._send(session, *self._outbox[session.sent:])
+            session.sent = 0
+        self._outbox = []
+        self._flushed = asyncio.get_running_loop().time()
+
+    def _catch_up(self, session):
+        """Send `session` now what waits for every replica (its own write's answer follows)."""
+        if session.sent < len(self._outbox):
+            self._send(session, *self._outbox[session.sent:])
+            session.sent = len(self._outbox)
 
     def _head(self):
         return self._tail[-1][:2] if self._tail else self._base
@@ -167,12 +189,12 @@ class Feed:
         state = self._state()
         return {"t": "snapshot", "at": list(state.applied), "data": state.data}
 
-    def _broadcast(self, *messages):
+    def _broadcast(self, message):
         if not self.sessions:
             return
-        messages = [m if isinstance(m, bytes) else encode(m) for m in messages]   # once, for every replica
+        message = encode(message)            # once, whatever the number of replicas
         for session in list(self.sessions.values()):
-            self._send(session, *messages)
+            self._send(session, message)
 
     def _send(self, session, *messages):
         try:
@@ -195,6 +217,8 @@ class Feed:
         self._pinger = asyncio.ensure_future(self._ping())
 
     async def stop(self):
+        if self._timer is not None:
+            self._timer.cancel()
         if self._pinger:
             self._pinger.cancel()
         if self._server:
@@ -205,7 +229,6 @@ class Feed:
     async def _ping(self):
         while True:
             await asyncio.sleep(PING)
-            self.flush()
             self._broadcast({"t": "ping", "leader": self._leader()})
 
     async def _serve(self, reader, writer):
@@ -227,7 +250,7 @@ class Feed:
                 await channel.drain()
                 return
             session = Session(node, channel)
-            self.flush()            # what is waiting goes to the others: this one gets the tail below
+            session.sent = len(self._outbox)     # what waits in the outbox is in the tail it gets below
             old = self.sessions.get(node)
             if old is not None:
                 self._forget(old)            # the same replica, reconnected before its old channel timed out
@@ -274,7 +297,7 @@ class Feed:
             reply.update(error="internal error on voter %s: %s (a bug in shoutd; please report it)" % (self.node, e),
                          kind=INTERNAL, name=None)
         if self.sessions.get(session.node) is session:
-            self.flush()            # the write's op before its answer: the replica reads its own write
+            self._catch_up(session)  # the write's op before its answer: the replica reads its own write
             self._send(session, reply)
 
 

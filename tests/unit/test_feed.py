@@ -353,19 +353,24 @@ def test_a_replica_s_write_refused_for_want_of_a_leader_is_tried_again_under_a_n
     asyncio.run(main())
 
 
-def test_a_batch_goes_to_each_replica_in_one_write_once_its_writers_here_were_answered():
-    """A writer on the voter (a container start there) does not wait for the replicas to be sent its op."""
-    class Recorder:
-        """A replica's channel: what each write carried."""
-        def __init__(self, order):
-            self.order, self.writes = order, []
+class Recorder:
+    """A replica's channel on the voter: what each write carried (op counts, or the message kind)."""
 
-        def send_encoded(self, *datas):
-            self.writes.append([json.loads(d)["at"] for d in datas])
-            self.order.append("sent")
+    def __init__(self, order):
+        self.order, self.writes, self.times = order, [], []
 
-        def backlog(self):
-            return 0
+    def send_encoded(self, *datas):
+        self.writes.append([json.loads(d).get("at", json.loads(d)["t"]) for d in datas])
+        self.times.append(asyncio.get_running_loop().time())
+        self.order.append("sent")
+
+    def backlog(self):
+        return 0
+
+
+def test_ops_go_to_each_replica_in_one_write_per_spacing_once_the_writers_here_were_answered(monkeypatch):
+    """A writer on the voter (a container start there) does not wait for the replicas; they wake once for many."""
+    monkeypatch.setattr(feed_module, "SPACING", 0.5)
 
     async def run():
         order = []
@@ -376,15 +381,52 @@ def test_a_batch_goes_to_each_replica_in_one_write_once_its_writers_here_were_an
         feed.sessions["replica-1:7380"] = Session("replica-1:7380", channel)
         copy.attach(asyncio.get_running_loop(), on_change=lambda: None)
         await asyncio.sleep(0)
-        async def writer():
-            await copy.until(2)
+
+        async def writer(seq):
+            await copy.until(seq)
             order.append("answered")             # where the plugin's handler answers Docker
-        asyncio.ensure_future(writer())
+        asyncio.ensure_future(writer(2))
         await asyncio.sleep(0)
         copy._handover.put("op", ops.member_up("voter-1:7380", "10.0.0.1", "one"))
         copy._handover.put("op", ops.member_up("replica-1:7380", "10.0.0.2", "two"))
-        await until(lambda: channel.writes, what="the batch sent")
+        await until(lambda: channel.writes, what="the first batch sent")
         assert order == ["answered", "sent"]
         assert channel.writes == [[1, 2]]
+
+        for name in ("three", "four", "five"):          # three batches within SPACING of that write
+            copy._handover.put("op", ops.member_up("replica-%s:7380" % name, "10.0.0.3", name))
+            await asyncio.sleep(0.05)
+        assert channel.writes == [[1, 2]]
+        await until(lambda: len(channel.writes) == 2, what="the next write")
+        assert channel.writes[1] == [3, 4, 5]
+        assert channel.times[1] - channel.times[0] >= 0.49
+
+    asyncio.run(run())
+
+
+def test_a_replica_s_own_write_is_answered_at_once_after_what_waits_for_it(monkeypatch):
+    monkeypatch.setattr(feed_module, "SPACING", 600.0)
+
+    async def run():
+        copy = LoopReplica(Handover())
+        answer = asyncio.get_running_loop().create_future()
+
+        async def submit(op, again):
+            copy._handover.put("op", op)
+            await copy.until(2)
+            answer.set_result(None)
+            return "done"
+        feed = Feed("voter-1:7380", SECRET, lambda: copy.state, submit)
+        feed.follow(copy)
+        mine, other = Recorder([]), Recorder([])
+        session = Session("replica-1:7380", mine)
+        feed.sessions.update({"replica-1:7380": session, "replica-2:7380": Session("replica-2:7380", other)})
+        copy.attach(asyncio.get_running_loop(), on_change=lambda: None)
+        copy._handover.put("op", ops.member_up("voter-1:7380", "10.0.0.1", "one"))
+        await until(lambda: other.writes, what="the first op sent")
+        await feed._answer(session, {"t": "submit", "id": 7,
+                                     "op": ops.member_up("replica-1:7380", "10.0.0.2", "two")})
+        assert mine.writes == [[1], [2], ["result"]]     # its op, then the answer: it reads its own write
+        assert other.writes == [[1]]                      # the others wait for the spacing
 
     asyncio.run(run())
