@@ -45,12 +45,17 @@ BUS_CALL = ["call", "org.darkkitchen.Shoutd", "/org/darkkitchen/Shoutd", "org.da
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def is_replica(host):
+    """Whether `host` started, or started again, as a replica (it logs whom it follows)."""
+    return "replica of" in host.read_log(since=host.run_log_start)
+
+
 def leader_of(hosts):
     """The host every running voter last logged as leader."""
     def agreed():
         last = set()
         for h in hosts:
-            if "replica of" in h.read_log(since=h.run_log_start):
+            if is_replica(h):
                 continue
             changes = re.findall(r"leader changed: (\S+) in term", h.read_log(since=h.run_log_start))
             last.add(changes[-1] if changes else None)
@@ -161,7 +166,7 @@ def run(n, allocations, idle_seconds, all_voters):
         before = {h: cpu_seconds(pid) for h, pid in pids.items()}
         on_leader = latencies(leader, pool, allocations)
         spent = {h: (cpu_seconds(pid) - before[h]) / allocations for h, pid in pids.items()}
-        print_cpu(spent, leader, [h for h in hosts if h is not leader and "replica of" not in h.read_log()])
+        print_cpu(spent, leader, [h for h in hosts if h is not leader and not is_replica(h)])
         on_other = latencies(other, pool, allocations)
         net = docker_id("scale")
         other.plugin("NetworkDriver.CreateNetwork", {"NetworkID": net, "Options": {"com.docker.network.generic": {}},

@@ -157,8 +157,7 @@ class Feed:
         if not self._outbox:
             return
         for session in list(self.sessions.values()):
-            if session.sent < len(self._outbox):
-                self._send(session, *self._outbox[session.sent:])
+            self._catch_up(session)
             session.sent = 0
         self._outbox = []
         self._flushed = asyncio.get_running_loop().time()

@@ -360,7 +360,8 @@ class Recorder:
         self.order, self.writes, self.times = order, [], []
 
     def send_encoded(self, *datas):
-        self.writes.append([json.loads(d).get("at", json.loads(d)["t"]) for d in datas])
+        messages = [json.loads(d) for d in datas]
+        self.writes.append([m.get("at", m["t"]) for m in messages])
         self.times.append(asyncio.get_running_loop().time())
         self.order.append("sent")
 
