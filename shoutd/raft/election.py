@@ -57,7 +57,9 @@ class Elections:
             self._round = self._won = self._asking_since = None
             return
         now = time.monotonic()
-        if sync._SyncObj__raftElectionDeadline >= now:
+        # A cluster of one (a host on its own, before AddPeer) does not wait for its timer: nobody
+        # else can lead, and the wait would only hold back its first write, its registration.
+        if sync._SyncObj__raftElectionDeadline >= now and sync.otherNodes:
             return
         term = sync.raftCurrentTerm + 1
         if self._won == term:

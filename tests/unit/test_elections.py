@@ -276,3 +276,16 @@ def test_a_pre_vote_round_needs_a_majority_before_pysyncobj_may_elect():
     elections.before_tick(sync, lambda node, msg: sent.append(msg))
     assert sent == [] and sync._SyncObj__raftElectionDeadline == 0, "the won round is not asked again"
 
+
+
+def test_a_cluster_of_one_elects_itself_without_waiting_for_its_timer():
+    """A host on its own registers at once: its first election does not wait one to two seconds for nobody."""
+    sync = member(others=())
+    sync._SyncObj__raftElectionDeadline = time.monotonic() + 1.5
+    elections, sent = Elections(1.0, 2.0), []
+    elections.before_tick(sync, lambda node, msg: sent.append(msg))
+    assert sent == [] and sync._SyncObj__raftElectionDeadline == 0, "won alone: PySyncObj elects at its next tick"
+    waiting = member()
+    waiting._SyncObj__raftElectionDeadline = deadline = time.monotonic() + 1.5
+    elections.before_tick(waiting, lambda node, msg: sent.append(msg))
+    assert sent == [] and waiting._SyncObj__raftElectionDeadline == deadline, "with others, the timer runs"
