@@ -51,17 +51,18 @@ async def _relay(service, client_reader, client_writer):
 
 
 async def serve(listen, service):
+    # The relay is PID 1 of the plugin's container, where SIGTERM is ignored unless handled: without
+    # this, Docker waits out its stop timeout on every `plugin disable` and every shutdown.  Handled
+    # before the socket exists, which is what tells Docker (and a test) that the relay is up.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     if os.path.exists(listen):
         os.unlink(listen)
     server = await asyncio.start_unix_server(lambda r, w: _relay(service, r, w), path=listen)
     os.chmod(listen, 0o600)
     print("shoutd-relay: %s -> %s" % (listen, service), file=sys.stderr, flush=True)
-    # The relay is PID 1 of the plugin's container, where SIGTERM is ignored unless handled: without
-    # this, Docker waits out its stop timeout on every `plugin disable` and every shutdown.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with server:
         await stop.wait()
 
