@@ -6,7 +6,7 @@ is no place for a new protocol; this channel never unpickles, and opens
 nothing that does not prove the cluster secret:
 - each side first sends a magic string and a random nonce in the clear;
 - both derive the session key from the cluster secret and both nonces
-  (HMAC-SHA256 over a PBKDF2 key, computed once per process and secret), so
+  (HMAC-SHA256 under the feed's key, stretched once per process: keys.py), so
   a frame recorded in one session means nothing in another;
 - every frame after that is sealed with AES-GCM under a counter of its
   direction: a frame replayed, dropped, reordered or sent back to its sender
@@ -17,7 +17,6 @@ buffered or parsed.
 """
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import json
@@ -27,27 +26,17 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import keys
+
 MAGIC = b"shoutd-feed/1\n"
 NONCE = 16
 MAX_FRAME = 64 << 20          # a snapshot of a big state is a few MiB
 HANDSHAKE_TIMEOUT = 5.0       # seconds for the other side's nonce and first sealed frame
 _HEADER = struct.Struct("!I")
-_SALT = b"shoutd replica feed"
 
 
 class ChannelError(Exception):
     """The other side is not a member, broke the protocol, or went away."""
-
-
-@functools.lru_cache(maxsize=4)
-def _master_key(secret) -> bytes:
-    # Slow on purpose (a stolen transcript gives nothing cheap to guess
-    # against), so computed once per secret, not per connection.  As slow as
-    # PySyncObj's key for Raft's traffic (PBKDF2-SHA256, 100,000 rounds), which
-    # an eavesdropper on voters can guess against anyway: more rounds here would
-    # guard nothing and cost every host that joins (20 ms of CPU a time).
-    raw = secret if isinstance(secret, bytes) else secret.encode("utf-8")
-    return hashlib.pbkdf2_hmac("sha256", raw, _SALT, 100_000)
 
 
 def encode(message: dict) -> bytes:
@@ -82,7 +71,7 @@ class Channel:
             raise ChannelError("not a shoutd replica feed (wrong port, or an older shoutd there)")
         theirs = hello[len(MAGIC):]
         client, server = (mine, theirs) if initiator else (theirs, mine)
-        key = hmac.new(_master_key(secret), b"session" + client + server, hashlib.sha256).digest()
+        key = hmac.new(keys.feed_key(secret), b"session" + client + server, hashlib.sha256).digest()
         return cls(reader, writer, key, initiator)
 
     @staticmethod

@@ -18,15 +18,14 @@ changes while a leader is known, and read at start.
 """
 
 import asyncio
-import functools
 import json
 import logging
 import os
 
-from pysyncobj.encryptor import getEncryptor
 from pysyncobj.utility import TcpUtility, UtilityException
 
 from ..errors import CONFLICT, UNAVAILABLE, ShoutdError
+from . import keys
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +36,17 @@ JOIN_GRACE = 1.0          # at most this many seconds between answering a join r
 MEMBERS_FILE = "members.json"
 
 
-@functools.lru_cache(maxsize=4)
-def _fernet(secret):
-    return getEncryptor(secret)
-
-
 def _utility(secret, timeout):
     """A PySyncObj utility client keyed by `secret`.
 
-    TcpUtility(password=) derives the key with PBKDF2 each time (about 20 ms
-    of CPU, holding the GIL): derived once per secret here, which is what a
-    voter adding dozens of hosts at once spends its time on otherwise.
+    TcpUtility(password=) stretches the secret each time (keys.py): a voter
+    adding dozens of hosts at once would spend its time on that.
     """
     utility = TcpUtility(timeout=timeout)
     connection = getattr(utility, "_TcpUtility__connection", None)
     if connection is None:                     # another PySyncObj layout: derive each time, as it does
         return TcpUtility(password=secret, timeout=timeout)
-    connection.encryptor = _fernet(secret)     # a Fernet keeps no state between messages: safe to share
+    connection.encryptor = keys.raft_fernet(secret)
     return utility
 
 
