@@ -21,10 +21,13 @@ committed entries (upstream issue #201).  shoutd refuses to run on it.
 import pysyncobj.version
 
 from ..errors import ShoutdError
+from . import keys
 from .join import JOIN, REPLICA, VERSION, JoinRequests, MemberFile, answer_version, ask_to_join, ask_version
 from .node import RaftNode, RaftStatus, check_port_free
 
 MIN_PYSYNCOBJ = (0, 3, 16)
+
+keys.install()      # every SyncObj and TcpUtility takes Raft's key from keys.py: the secret is stretched once
 
 __all__ = ["JOIN", "REPLICA", "VERSION", "JoinRequests", "MemberFile", "RaftNode", "RaftStatus", "answer_version",
            "ask_to_join", "ask_version", "check_port_free", "check_pysyncobj"]

@@ -25,7 +25,6 @@ import os
 from pysyncobj.utility import TcpUtility, UtilityException
 
 from ..errors import CONFLICT, UNAVAILABLE, ShoutdError
-from . import keys
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +35,12 @@ JOIN_GRACE = 1.0          # at most this many seconds between answering a join r
 MEMBERS_FILE = "members.json"
 
 
-def _utility(secret, timeout):
-    """A PySyncObj utility client keyed by `secret`.
-
-    TcpUtility(password=) stretches the secret each time (keys.py): a voter
-    adding dozens of hosts at once would spend its time on that.
-    """
-    utility = TcpUtility(timeout=timeout)
-    connection = getattr(utility, "_TcpUtility__connection", None)
-    if connection is None:                     # another PySyncObj layout: derive each time, as it does
-        return TcpUtility(password=secret, timeout=timeout)
-    connection.encryptor = keys.raft_fernet(secret)
-    return utility
-
-
 async def ask_to_join(secret, addr, members, timeout=10.0, replica=False):
     """Ask the shoutd at `addr` to leave its one-node cluster and join `members` (as a replica of them)."""
     def call():
         try:
-            return _utility(secret, timeout).executeCommand(addr, [REPLICA if replica else JOIN] + members)
+            utility = TcpUtility(password=secret, timeout=timeout)      # keyed from keys.py's cache
+            return utility.executeCommand(addr, [REPLICA if replica else JOIN] + members)
         except UtilityException as e:
             return "unreachable: %s" % e
     reply = str(await asyncio.get_running_loop().run_in_executor(None, call))
@@ -70,7 +56,7 @@ async def ask_version(secret, addr, timeout=3.0):
     """The newest state version the shoutd at `addr` runs; None if it does not say (shoutd 0.2, or unreachable)."""
     def call():
         try:
-            return _utility(secret, timeout).executeCommand(addr, [VERSION])
+            return TcpUtility(password=secret, timeout=timeout).executeCommand(addr, [VERSION])
         except UtilityException:
             return None
     reply = await asyncio.get_running_loop().run_in_executor(None, call)

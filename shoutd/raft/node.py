@@ -55,13 +55,11 @@ from pysyncobj.syncobj import _RAFT_STATE
 from ..errors import NO_QUORUM, OUTCOME_UNKNOWN, UNAVAILABLE, ShoutdError
 from ..state import ops
 from ..state.ops import new_request_id
-from . import journal, keys
+from . import journal
 from .durability import Durability
 from .election import Elections
 from .machine import NUDGE, Handover, LoopReplica, TickMachine
 from .transport import GuardedTransport
-
-keys.install()      # each SyncObj built here takes Raft's key from keys.py: the secret is stretched once
 
 log = logging.getLogger(__name__)
 

@@ -277,7 +277,6 @@ def test_a_pre_vote_round_needs_a_majority_before_pysyncobj_may_elect():
     assert sent == [] and sync._SyncObj__raftElectionDeadline == 0, "the won round is not asked again"
 
 
-
 def test_a_cluster_of_one_elects_itself_without_waiting_for_its_timer():
     """A host on its own registers at once: its first election does not wait one to two seconds for nobody."""
     sync = member(others=())

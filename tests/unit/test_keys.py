@@ -4,6 +4,7 @@ import hashlib
 
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.encryptor import getEncryptor
+from pysyncobj.utility import TcpUtility
 
 from shoutd.raft import keys
 
@@ -31,8 +32,9 @@ def test_the_secret_is_stretched_once_for_raft_and_the_feed(monkeypatch):
     assert feed not in (keys._stretched(secret), keys._stretched(SECRET)), "the feed's key is not Raft's"
 
 
-def test_syncobj_takes_its_key_from_here():
-    keys.install()
+def test_syncobj_and_the_join_utility_take_their_key_from_here():
+    """shoutd.raft installs the cache as it is imported."""
+    assert TcpUtility(password=SECRET)._TcpUtility__connection.encryptor is keys.raft_fernet(SECRET)
     addr = "127.0.0.1:%d" % free_ports(1)[0]
     sync = SyncObj(addr, [], conf=SyncObjConf(password=SECRET, autoTick=False))
     try:
