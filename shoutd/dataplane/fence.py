@@ -12,6 +12,12 @@ device: one ebtables chain, SHOUTD-MCAST, reached from OUTPUT (the bridge's
 own queries) and FORWARD (containers' messages), drops them per device.
 Flooding networks are left alone: there, IGMP crosses hosts as before.
 
+Only frames to a multicast MAC jump to the chain (`-d Multicast`: the group
+bit, one masked compare), as every IGMP and MLD message has one.  Unicast,
+nearly all of a bridge's frames, then costs one compare; shoutd 0.5 and older
+jumped on `-o shx+` (LEGACY_JUMP), which sent every frame towards another
+host through the chain's rules and their per-packet ebtables matches.
+
 ebtables (the nf_tables one, which Debian's iptables package provides) is
 used because the bridge hooks are all the kernel offers for this: tc would
 need the act_gact module, which not every kernel has.
@@ -24,7 +30,8 @@ import subprocess
 log = logging.getLogger(__name__)
 
 CHAIN = "SHOUTD-MCAST"
-JUMP = ["-o", "shx+", "-j", CHAIN]
+JUMP = ["-d", "Multicast", "-j", CHAIN]
+LEGACY_JUMP = ["-o", "shx+", "-j", CHAIN]
 
 
 def rules(device):
@@ -73,7 +80,10 @@ class Fence:
             self._do(did, "create chain " + CHAIN, "-N", CHAIN, "-P", "RETURN")
             present = []
         for hook in ("OUTPUT", "FORWARD"):
-            if " ".join(JUMP) not in (self._lines(hook) or []):
+            lines = self._lines(hook) or []
+            for _ in range(lines.count(" ".join(LEGACY_JUMP))):
+                self._do(did, "replace the jump of shoutd 0.5 from " + hook, "-D", hook, *LEGACY_JUMP)
+            if " ".join(JUMP) not in lines:
                 self._do(did, "jump from " + hook, "-A", hook, *JUMP)
         by_device = {}
         for line in present:

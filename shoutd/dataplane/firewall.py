@@ -14,6 +14,12 @@ still come first; Docker 28 re-inserts DOCKER-USER and DOCKER-FORWARD at the
 top on every start, which only pushes them further above it.  Traffic between
 two shoutd bridges, or out to the host, is not matched.
 
+Every frame a shoutd bridge forwards runs this rule, so it carries no
+`-m comment`: iptables-nft keeps a comment as an xtables match that the
+kernel calls on each packet (comment_mt in a profile of TCP between
+containers).  The rule is known by its exact text.  shoutd 0.5 and older
+added it with a comment (LEGACY_COMMENT); ensure replaces that form.
+
 An nftables base chain on the forward hook with policy drop (a hand-written
 ruleset, firewalld, or Docker 29's nftables backend when it enables
 forwarding) drops the same frames whatever iptables accepts: a packet must be
@@ -31,8 +37,10 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-COMMENT = "shoutd: bridged overlay traffic"
-MATCH = ["-i", "shb+", "-o", "shb+", "-m", "comment", "--comment", COMMENT, "-j", "ACCEPT"]
+MATCH = ["-i", "shb+", "-o", "shb+", "-j", "ACCEPT"]
+RULE = "-A FORWARD " + " ".join(MATCH)            # as `iptables -S FORWARD` lists it
+LEGACY_COMMENT = "shoutd: bridged overlay traffic"
+LEGACY_MATCH = MATCH[:4] + ["-m", "comment", "--comment", LEGACY_COMMENT] + MATCH[4:]
 USER_CHAIN = "DOCKER-USER"
 SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-%s"
 
@@ -103,20 +111,23 @@ class Firewall:
         if listed.returncode != 0:
             return "failed", "cannot list %s FORWARD: %s" % (family.command, listed.stderr.strip())
         rules = listed.stdout.splitlines()
-        ours = [i for i, r in enumerate(r for r in rules if r.startswith("-A FORWARD ")) if COMMENT in r]
+        appended = [r for r in rules if r.startswith("-A FORWARD ")]
+        ours = [i for i, r in enumerate(appended) if r == RULE]
+        legacy = [r for r in appended if LEGACY_COMMENT in r]
         want = position(rules)
-        if len(ours) == 1 and ours[0] >= want - 1:
+        if len(ours) == 1 and ours[0] >= want - 1 and not legacy:
             return "present", None          # below DOCKER-USER: where Docker's re-inserts leave it
-        for _ in ours:          # above DOCKER-USER (shoutd before 0.4 inserted at the top), or twice
-            self._run([binary, "-w", "-D", "FORWARD"] + MATCH, capture_output=True)
-        if ours:
-            want = position([r for r in rules if COMMENT not in r])
+        # Above DOCKER-USER (shoutd before 0.4 inserted at the top), twice, or with a comment (up to 0.5).
+        for match in [MATCH] * len(ours) + [LEGACY_MATCH] * len(legacy):
+            self._run([binary, "-w", "-D", "FORWARD"] + match, capture_output=True)
+        if ours or legacy:
+            want = position([r for r in rules if r != RULE and LEGACY_COMMENT not in r])
         res = self._run([binary, "-w", "-I", "FORWARD", str(want)] + MATCH, capture_output=True, text=True)
         if res.returncode != 0:
             return "failed", "cannot add the %s rule for bridged shoutd traffic: %s" % (family.command,
                                                                                       res.stderr.strip())
         log.info("%s: FORWARD rule %d: -i shb+ -o shb+ -j ACCEPT (br_netfilter is on)", family.command, want)
-        return "moved" if ours else "added", None
+        return "moved" if ours or legacy else "added", None
 
     def _nft_droppers(self, families):
         """A problem for each nftables forward base chain that drops what it does not accept."""

@@ -27,8 +27,9 @@ if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("nft"):
     pytest.skip("end-to-end tests need root, dockerd and nft", allow_module_level=True)
 
 NET = "fwnet"
+MATCH = ["-i", "shb+", "-o", "shb+", "-j", "ACCEPT"]      # shoutd's rule, as the user sees it
+RULE = "-A FORWARD " + " ".join(MATCH)
 MOBY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "moby-29.7")
-COMMENT = "shoutd: bridged overlay traffic"
 # nft 1.0.6 (Debian 12) knows the symbolic priorities dstnat and srcnat only on some hooks; Docker 29's
 # tables use them everywhere.  Their values (nft(8)): the same tables, in words Debian 12's nft reads.
 PRIORITIES = [("priority dstnat;", "priority -100;"), ("priority srcnat;", "priority 100;")]
@@ -57,7 +58,7 @@ def forward(host, tool="iptables"):
 
 
 def ours(host, tool="iptables"):
-    return [i for i, r in enumerate(forward(host, tool)) if COMMENT in r]
+    return [i for i, r in enumerate(forward(host, tool)) if r == RULE]
 
 
 def containers(lab, tag):
@@ -89,8 +90,7 @@ def test_docker_28_s_chains_with_drop_policies_in_both_families(lab):
         assert len(ours(h, "ip6tables")) == 1, forward(h, "ip6tables")
     # The rule is what lets the traffic through: without it host 2 is cut off, until shoutd's next pass.
     h1, h2, h3 = lab.hosts
-    h2.netns("iptables", "-D", "FORWARD", "-i", "shb+", "-o", "shb+", "-m", "comment", "--comment", COMMENT,
-             "-j", "ACCEPT")
+    h2.netns("iptables", "-D", "FORWARD", *MATCH)
     assert h1.exec("a1", "ping", "-c", "2", "-W", "1", ips[2], check=False).returncode != 0
     h2.run("a2b", NET)
     assert ours(h2) == [1]
@@ -112,8 +112,7 @@ def test_without_br_netfilter_no_rule_is_needed(lab):
         br_netfilter(h, False)
         for tool in ("iptables", "ip6tables"):
             for _ in ours(h, tool):
-                h.netns(tool, "-D", "FORWARD", "-i", "shb+", "-o", "shb+", "-m", "comment", "--comment", COMMENT,
-                        "-j", "ACCEPT")
+                h.netns(tool, "-D", "FORWARD", *MATCH)
     try:
         traffic_passes(lab, "b", containers(lab, "b"))
         for h in lab.hosts:

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from shoutd.dataplane.firewall import LEGACY_MATCH, RULE
 from shoutd.state import ClusterState
 
 from ..support import sh as run
@@ -207,6 +208,10 @@ def test_containers_on_two_hosts_talk_l2_through_the_reconciled_kernel(hosts):
     sh("ip netns exec %s busybox ping -c 1 -W 2 10.50.0.11" % containers[0])
 
 
+def forward_rules(host):
+    return [r for r in sh("ip netns exec %s iptables -S FORWARD" % host.name).splitlines() if r.startswith("-A ")]
+
+
 def test_bridged_traffic_is_let_past_iptables_when_br_netfilter_is_on(hosts):
     """Docker's FORWARD policy DROP must not eat frames our bridges forward."""
     a, b = hosts
@@ -220,12 +225,15 @@ def test_bridged_traffic_is_let_past_iptables_when_br_netfilter_is_on(hosts):
     for h in hosts:
         sh("ip netns exec %s sysctl -qw net.bridge.bridge-nf-call-iptables=1" % h.name)
         sh("ip netns exec %s iptables -P FORWARD DROP" % h.name)
+    # Host b was upgraded from shoutd 0.5, whose rule had a comment (an xtables match on every frame).
+    sh("ip netns exec %s iptables -A FORWARD %s" % (b.name, " ".join(
+        '"%s"' % w if " " in w else w for w in LEGACY_MATCH)))
     a.reconcile(state, "a")
     b.reconcile(state, "b")
-    rules = sh("ip netns exec %s iptables -S FORWARD" % a.name)
-    assert "-i shb+ -o shb+" in rules and rules.count("shoutd") == 1
+    for h in hosts:
+        assert forward_rules(h) == [RULE], "the plain rule, once"
     a.reconcile(state, "a")
-    assert sh("ip netns exec %s iptables -S FORWARD" % a.name).count("shoutd") == 1, "added once"
+    assert forward_rules(a) == [RULE], "added once"
     c = "%s-c0" % a.name
     d = "%s-c1" % a.name
     for ns, (ep, _, ip), host in ((c, eps[0], a), (d, eps[1], b)):
@@ -247,13 +255,13 @@ def test_br_netfilter_turned_on_after_start_is_seen_when_a_container_arrives(hos
     sh("ip netns exec %s sysctl -qw net.bridge.bridge-nf-call-iptables=0" % a.name)
     state = cluster_state()
     plan = a.reconcile(state, "a")
-    assert "shoutd" not in sh("ip netns exec %s iptables -S FORWARD" % a.name), "not needed yet"
+    assert forward_rules(a) == [], "not needed yet"
     sh("ip netns exec %s sysctl -qw net.bridge.bridge-nf-call-iptables=1" % a.name)   # dockerd starts
     state.apply({"op": "ip_allocate", "req": "r", "node": "a", "network": "n1", "ip": "10.50.0.30"})
     state.apply({"op": "endpoint_add", "network": "n1", "node": "a", "endpoint": "5" * 64, "ip": "10.50.0.30",
                  "mac": "0a:5d:0a:32:00:1e"})
     a.reconcile(state, "a", previous=plan)                                              # a change-only pass
-    assert sh("ip netns exec %s iptables -S FORWARD" % a.name).count("shoutd") == 1
+    assert forward_rules(a) == [RULE]
 
 
 def overlay_device(host, vni, create=True):

@@ -264,3 +264,31 @@ def test_a_sender_whose_kernel_has_no_vxlan_mdb_floods_and_only_listeners_get_th
     for cap in caps + [inside]:
         cap.stop()
     assert inside.count("239.1.1.1") == 0, "host 2 has no listener, yet its container got the group"
+
+
+def test_unicast_frames_do_not_enter_the_fence(three):
+    """Only frames to a multicast MAC jump to SHOUTD-MCAST; shoutd 0.5's jump (on -o shx+) sent every
+    frame towards another host through the chain, and an upgraded host loses it."""
+    hosts, extra = three
+    a = hosts[0]
+    sh("ip netns exec %s ebtables -N SHOUTD-MCAST -P RETURN" % a.name)
+    sh("ip netns exec %s ebtables -A FORWARD -o shx+ -j SHOUTD-MCAST" % a.name)
+    state = pruned_cluster()
+    fence = Fence()
+    for i, h in enumerate(hosts):
+        h.reconcile(state, "n%d" % i, fence=fence)
+    for hook in ("FORWARD", "OUTPUT"):
+        listed = sh("ip netns exec %s ebtables -L %s" % (a.name, hook)).splitlines()
+        assert [line for line in listed if line.startswith("-")] == ["-d Multicast -j SHOUTD-MCAST"], listed
+    c = containers(hosts, extra)
+    received = lambda: int(sh("ip -n %s -j -s link show eth0" % c[1]).split('"rx":{"bytes":')[1]
+                           .split('"packets":')[1].split(",")[0])
+    def jumps():
+        counted = sh("ip netns exec %s ebtables -L FORWARD --Lc" % a.name)
+        return int(counted.split("pcnt = ")[1].split()[0])
+    jumped, before = jumps(), received()
+    sh("ip netns exec %s %s -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+       "[s.sendto(b\"u\", (\"10.60.0.11\", 5001)) for _ in range(200)]'" % (c[0], sys.executable))
+    wait_for(lambda: received() - before >= 200, timeout=10, what="200 unicast datagrams at host 1")
+    jumped = jumps() - jumped
+    assert jumped < 50, "%d of 200 unicast frames went through the fence" % jumped

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from shoutd.dataplane.firewall import COMMENT, Chain, Family, Firewall, position
+from shoutd.dataplane.firewall import LEGACY_COMMENT, RULE, Chain, Family, Firewall, position
 
 DOCKER_28 = ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-FORWARD"]
 
@@ -61,7 +61,7 @@ class Host:
 
 
 def ours(table):
-    return [i for i, r in enumerate(table.rules) if COMMENT in r]
+    return [i for i, r in enumerate(table.rules) if r == RULE]
 
 
 def test_the_rule_goes_right_below_docker_user_or_first():
@@ -98,10 +98,19 @@ def test_docker_28_re_inserting_its_chains_above_the_rule_leaves_it_alone(tmp_pa
 
 
 def test_a_rule_above_docker_user_or_twice_is_put_once_below_it(tmp_path):
-    mine = '-A FORWARD -i shb+ -o shb+ -m comment --comment "%s" -j ACCEPT' % COMMENT
-    host = Host(tmp_path, v6=False, ipv4=FakeIptables([mine] + DOCKER_28 + [mine]))
+    host = Host(tmp_path, v6=False, ipv4=FakeIptables([RULE] + DOCKER_28 + [RULE]))
     assert host.firewall().ensure()["iptables"] == "moved"
-    assert host.tables["iptables"].rules == DOCKER_28[:1] + [mine] + DOCKER_28[1:]
+    assert host.tables["iptables"].rules == DOCKER_28[:1] + [RULE] + DOCKER_28[1:]
+
+
+def test_the_commented_rule_of_shoutd_0_5_is_replaced_by_the_plain_one(tmp_path):
+    """The comment was an xtables match run on every bridged frame; an upgraded host loses it."""
+    legacy = '-A FORWARD -i shb+ -o shb+ -m comment --comment "%s" -j ACCEPT' % LEGACY_COMMENT
+    host = Host(tmp_path, v6=False, ipv4=FakeIptables(DOCKER_28[:1] + [legacy] + DOCKER_28[1:]))
+    fw = host.firewall()
+    assert fw.ensure()["iptables"] == "moved"
+    assert host.tables["iptables"].rules == DOCKER_28[:1] + [RULE] + DOCKER_28[1:]
+    assert fw.ensure()["iptables"] == "present"
 
 
 def test_no_iptables_command_is_a_problem_that_says_what_to_do(tmp_path):
