@@ -281,8 +281,7 @@ def test_unicast_frames_do_not_enter_the_fence(three):
         listed = sh("ip netns exec %s ebtables -L %s" % (a.name, hook)).splitlines()
         assert [line for line in listed if line.startswith("-")] == ["-d Multicast -j SHOUTD-MCAST"], listed
     c = containers(hosts, extra)
-    received = lambda: int(sh("ip -n %s -j -s link show eth0" % c[1]).split('"rx":{"bytes":')[1]
-                           .split('"packets":')[1].split(",")[0])
+    received = lambda: json.loads(sh("ip -n %s -j -s link show eth0" % c[1]))[0]["stats64"]["rx"]["packets"]
     def jumps():
         counted = sh("ip netns exec %s ebtables -L FORWARD --Lc" % a.name)
         return int(counted.split("pcnt = ")[1].split()[0])
